@@ -433,7 +433,11 @@ _SCALARS = ("bool", "int", "float")
 
 def _unknown_key(path: str, known: Mapping[str, object]) -> str:
     close = difflib.get_close_matches(path, list(known), n=1, cutoff=0.75)
-    hint = f"did you mean {close[0]}?" if close else "a key from the reference"
+    hint = (
+        f"a known key; did you mean {close[0]}?"
+        if close
+        else "a key listed in the configuration reference"
+    )
     return _error(f"config {path}", "unknown key", path.rpartition(".")[2], hint)
 
 
@@ -653,7 +657,7 @@ def _read_key_file(key_path: Path, where: str, layers: _Layers) -> Secret | None
         layers.errors.append(
             _error(
                 where,
-                f"cannot read the API key file {key_path} ({reason})",
+                f"cannot read the API key file ({reason})",
                 str(key_path),
                 "a file readable by this user",
             )
@@ -673,7 +677,7 @@ def _read_key_file(key_path: Path, where: str, layers: _Layers) -> Secret | None
         layers.errors.append(
             _error(
                 where,
-                f"the API key file {key_path} is empty",
+                "the API key file is empty",
                 str(key_path),
                 "the MISP automation key",
             )
