@@ -499,12 +499,23 @@ class Follower:
 
     def read_batch(self, max_bytes: int = 1 << 20) -> Batch:
         """Complete lines from the current file, at most about ``max_bytes``."""
+        self._check_rewritten()
         batch = Batch()
         for _ in range(8):
             batch = self._read_current(max_bytes)
             if batch.lines or not self._advance():
                 return batch
         return batch
+
+    def _check_rewritten(self) -> None:
+        """Before reading on: a live file emptied and regrown past our offset
+        since the last look has a new first line; read it from 0."""
+        live = self._live
+        if live is None or self._reader is not live or not live.identity.fingerprint:
+            return
+        head = live.head_fingerprint()
+        if head and head != live.identity.fingerprint:
+            self._apply(Change.REPLACED_SAME_INODE, None)
 
     def _read_current(self, max_bytes: int) -> Batch:
         reader = self._reader
