@@ -26,11 +26,13 @@ REAL_LINES = _real_lines()
 SELECTORS = {
     "default": {},
     "min_level_5": {"min_level": 5},
-    "keep_lists": {"keep_groups": ["sysmon", "authentication_failed"],
-                   "keep_rule_ids": ["5710", "61605", "554"]},
+    "keep_lists": {
+        "keep_groups": ["sysmon", "authentication_failed"],
+        "keep_rule_ids": ["5710", "61605", "554"],
+    },
     "drop_lists": {"drop_groups": ["web"], "drop_rule_ids": ["5712"]},
     "skip_virustotal": {"skip_integrations": ["virustotal"]},
-}  # fmt: skip
+}
 
 
 def test_real_corpus_has_the_engine_alerts_and_the_public_samples():
