@@ -87,10 +87,11 @@ class Secret:
 
 
 @dataclass(frozen=True)
-class ExtraField:
+class ExtraField(Mapping):
     """An extra alert field path to extract, with the observable type it holds.
 
-    Readable as a mapping too (``entry["path"]``), as written in the YAML.
+    Also a read-only mapping (``entry["path"]``, ``entry.get("type")``), the
+    shape it has in the YAML file.
     """
 
     path: str
@@ -100,6 +101,12 @@ class ExtraField:
         if key not in ("path", "type"):
             raise KeyError(key)
         return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("path", "type"))
+
+    def __len__(self) -> int:
+        return 2
 
 
 def _key(

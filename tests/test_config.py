@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -210,7 +211,8 @@ def test_full_yaml_sets_every_key(data_dir: Path) -> None:
     assert cfg.tailer.extra_fields[0] == ExtraField(
         path="data.win.eventdata.queryName", type="domain"
     )
-    assert cfg.tailer.extra_fields[1]["type"] == "url"
+    assert dict(cfg.tailer.extra_fields[1]) == {"path": "data.url", "type": "url"}
+    assert isinstance(cfg.tailer.extra_fields[1], Mapping)
 
 
 def write_key_file(tmp_path: Path, mode: int = 0o600) -> Path:
@@ -616,3 +618,21 @@ def test_no_command_line_option_takes_the_api_key() -> None:
 
     assert not [opt for opt in options if "key" in opt]
     assert "--config" in options
+
+
+def test_readme_reference_lists_every_key_with_its_variable() -> None:
+    """Each settable key has a README row naming its environment variable."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    rows = {
+        line.split("|")[1].strip(" `"): line.split("|")[3].strip(" `")
+        for line in readme.splitlines()
+        if line.startswith("| `")
+    }
+
+    expected = {
+        spec.path: spec.env or ""
+        for spec in config.KEYS.values()
+        if spec.kind != "secret"
+    }
+
+    assert {key: rows.get(key) for key in expected} == expected
