@@ -14,8 +14,10 @@
 # --no-venv   does not create the virtual environment (for staging and tests).
 # --python PY the interpreter for the virtual environment (default python3).
 # --uninstall removes what the installer added: units, rules, logrotate file,
-#             the marked ossec.conf block and the virtual environment. The IOC
-#             store, config.yaml, the environment file and the checkpoint stay.
+#             the marked ossec.conf block and the virtual environment, and puts
+#             back the files of an earlier installation that the units
+#             replaced. The IOC store, config.yaml, the environment file and
+#             the checkpoint stay.
 # --purge     with --uninstall, removes those as well.
 set -euo pipefail
 
@@ -29,6 +31,9 @@ readonly VENV_DIR=$OPT_DIR/venv
 # In a root-owned directory: the state directory is writable by wazuh, and a
 # manifest there would let that user choose what root deletes on uninstall.
 readonly MANIFEST=$OPT_DIR/install-manifest
+# Files of another installation that ours replace (the env-file deployment's
+# units have the same names); --uninstall puts them back.
+readonly SAVED_DIR=$OPT_DIR/replaced
 readonly ETC_DIR=/etc/wazuh-misp-ioc
 readonly ENV_FILE=/etc/default/misp-ioc-sync
 readonly IOC_DIR=/var/ioc
@@ -61,7 +66,7 @@ note() {
 }
 
 usage() {
-    sed -n '2,20s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    sed -n '2,22s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 parse_args() {
@@ -125,10 +130,26 @@ make_dir() {
     set_owner "$owner" "$dir"
 }
 
+in_manifest() {
+    [[ -f $(at "$MANIFEST") ]] && grep -qxF -- "$1" "$(at "$MANIFEST")"
+}
+
+save_replaced() {
+    local dst=$1 saved
+    saved=$(at "$SAVED_DIR$dst")
+    if [[ ! -e $(at "$dst") || -e $saved ]] || in_manifest "$dst"; then
+        return 0
+    fi
+    mkdir -p "${saved%/*}"
+    cp -p "$(at "$dst")" "$saved"
+    note "saved $dst of another installation as $SAVED_DIR$dst"
+}
+
 # Copy when the target differs, so a second run changes nothing.
 put_file() {
     local src=$1 dst=$2 mode=$3 owner=$4
     if ! cmp -s "$src" "$(at "$dst")"; then
+        save_replaced "$dst"
         install -m "$mode" "$src" "$(at "$dst")"
     fi
     chmod "$mode" "$(at "$dst")"
@@ -367,6 +388,17 @@ remove_entry() {
     fi
 }
 
+restore_replaced() {
+    local saved file
+    saved=$(at "$SAVED_DIR")
+    [[ -d $saved ]] || return 0
+    while IFS= read -r -d '' file; do
+        mv -f "$file" "$(at "${file#"$saved"}")"
+        note "restored ${file#"$saved"}"
+    done < <(find "$saved" -type f -print0)
+    rm -rf "$saved"
+}
+
 purge_user_data() {
     local db
     for db in "${IOC_DBS[@]}"; do
@@ -388,6 +420,7 @@ do_uninstall() {
     } | sort -u | while IFS= read -r entry; do
         remove_entry "$entry"
     done
+    restore_replaced
     remove_localfile_block
     rm -f "$(at "$MANIFEST")"
     rmdir "$(at "$OPT_DIR")" 2>/dev/null || true

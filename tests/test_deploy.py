@@ -63,6 +63,8 @@ def manager(tmp_path: Path) -> Path:
     shutil.copyfile(DATA / "ossec.conf", conf)
     conf.chmod(0o660)
     shutil.copyfile(DATA / "local_rules.xml", root / "var/ossec/etc/rules/x.xml")
+    for unit in ("misp-ioc-sync.service", "misp-ioc-sync.timer"):
+        shutil.copyfile(DATA / f"old-{unit}", root / "etc/systemd/system" / unit)
     return root
 
 
@@ -203,6 +205,27 @@ def test_uninstall_keeps_only_user_data_and_backups(manager: Path) -> None:
     assert set(after) - set(before) == kept | saved
     assert {path: after[path] for path in before} == before
     assert len(saved) == 2
+
+
+def test_uninstall_puts_back_the_units_of_the_env_file_deployment(
+    manager: Path,
+) -> None:
+    """Units of the same name are replaced on install and restored on uninstall."""
+    old_unit = (DATA / "old-misp-ioc-sync.service").read_bytes()
+    unit = manager / "etc/systemd/system/misp-ioc-sync.service"
+    run_install(manager)
+    replaced = unit.read_bytes()
+    saved = manager / "opt/wazuh-misp-ioc/replaced/etc/systemd/system"
+
+    run_install(manager)
+    saved_after_second_run = (saved / "misp-ioc-sync.service").read_bytes()
+    done = run_install(manager, "--uninstall")
+
+    assert replaced == (DEPLOY / "systemd/misp-ioc-sync.service").read_bytes()
+    assert saved_after_second_run == old_unit
+    assert unit.read_bytes() == old_unit
+    assert "restored /etc/systemd/system/misp-ioc-sync.timer" in done.stdout
+    assert not (manager / "opt/wazuh-misp-ioc").exists()
 
 
 def test_uninstall_purge_leaves_the_tree_as_before_plus_backups(
