@@ -109,46 +109,59 @@ class ExtraField(Mapping):
         return 2
 
 
+# A rule returns None for a good value, else (what is wrong, what is expected).
+Rule = Callable[[object], tuple[str, str] | None]
+
+
 def _key(
     default: object,
     kind: str,
     *,
     env: str | None = None,
-    check: Callable[[object], str | None] | None = None,
+    check: Rule | None = None,
 ) -> object:
     """Declare one configuration key: its default, kind, variable and rule."""
     return field(default=default, metadata={"kind": kind, "env": env, "check": check})
 
 
-def _at_least(low: float) -> Callable[[object], str | None]:
-    return lambda value: None if value >= low else f"a number >= {low}"
-
-
-def _above(low: float) -> Callable[[object], str | None]:
-    return lambda value: None if value > low else f"a number > {low}"
-
-
-def _between(low: float, high: float) -> Callable[[object], str | None]:
+def _at_least(low: float) -> Rule:
     return lambda value: (
-        None if low <= value <= high else f"a number from {low} to {high}"
+        None if value >= low else ("out of range", f"a number >= {low}")
     )
 
 
-def _one_of(*choices: str) -> Callable[[object], str | None]:
-    return lambda value: None if value in choices else f"one of {', '.join(choices)}"
+def _above(low: float) -> Rule:
+    return lambda value: None if value > low else ("out of range", f"a number > {low}")
 
 
-def _not_empty(value: object) -> str | None:
-    return None if value else "a non-empty path"
+def _between(low: float, high: float) -> Rule:
+    return lambda value: (
+        None
+        if low <= value <= high
+        else ("out of range", f"a number from {low} to {high}")
+    )
 
 
-def _http_url(value: object) -> str | None:
+def _one_of(*choices: str) -> Rule:
+    return lambda value: (
+        None if value in choices else ("unknown choice", f"one of {', '.join(choices)}")
+    )
+
+
+def _not_empty(value: object) -> tuple[str, str] | None:
+    return None if value else ("empty", "a non-empty path")
+
+
+def _http_url(value: object) -> tuple[str, str] | None:
     if value == "":
         return None
     parts = urlsplit(str(value))
     if parts.scheme in ("http", "https") and parts.hostname:
         return None
-    return "an http:// or https:// URL with a host, e.g. https://misp.example.org"
+    return (
+        "not an http(s) URL",
+        "an http:// or https:// URL with a host, e.g. https://misp.example.org",
+    )
 
 
 @dataclass(frozen=True)
@@ -267,7 +280,7 @@ class KeySpec:
     default: object
     kind: str
     env: str | None
-    check: Callable[[object], str | None] | None
+    check: Rule | None
 
 
 def iter_keys() -> Iterator[KeySpec]:
@@ -386,9 +399,9 @@ class _Layers:
             self.errors.append(_error(where, err.what, raw, err.expected))
             return
 
-        rule = spec.check(value) if spec.check else None
-        if rule:
-            self.errors.append(_error(where, "out of range", raw, rule))
+        broken = spec.check(value) if spec.check else None
+        if broken:
+            self.errors.append(_error(where, broken[0], raw, broken[1]))
             return
         self.values[path] = value
         self.sources[path] = where
