@@ -678,8 +678,8 @@ def _read_key_file(key_path: Path, where: str, layers: _Layers) -> Secret | None
             _error(
                 where,
                 f"cannot read the API key file ({reason})",
-                str(key_path),
-                "a file readable by this user",
+                _path_or_mask(key_path),
+                "the path of a file readable by this user",
             )
         )
         return None
@@ -704,6 +704,14 @@ def _read_key_file(key_path: Path, where: str, layers: _Layers) -> Secret | None
         )
         return None
     return _make_secret(text, where, str(key_path), layers.errors)
+
+
+def _path_or_mask(key_path: Path) -> str:
+    """The path for an error message, unless the key was given in its place."""
+    text = str(key_path)
+    if len(text) >= 32 and text.isalnum():
+        return f"{MASK}, which looks like a key rather than a path"
+    return text
 
 
 def _make_secret(
@@ -737,7 +745,7 @@ def _risky_values(cfg: Config, sources: Mapping[str, str]) -> list[str]:
         warnings.append(
             kv(
                 "misp_url_plain_http",
-                url=misp.url,
+                host=urlsplit(misp.url).hostname,
                 risk="the API key travels unencrypted",
             )
         )

@@ -353,8 +353,17 @@ def test_unreadable_key_file_is_an_error_naming_it(tmp_path: Path) -> None:
     assert len(failed.value.errors) == 1
     assert failed.value.errors[0].startswith(
         "env MISP_API_KEY_FILE: cannot read the API key file (Is a directory) "
-        f"(got '{not_a_file}')"
+        f"(got '{not_a_file}'); expected the path of a file readable by this user"
     )
+
+
+def test_key_given_as_key_file_path_is_not_echoed() -> None:
+    """The key put in MISP_API_KEY_FILE by mistake is masked in the error."""
+    with pytest.raises(ConfigError) as failed:
+        load_config(env={"MISP_API_KEY_FILE": FAKE_KEY})
+
+    assert FAKE_KEY not in str(failed.value)
+    assert "looks like a key rather than a path" in str(failed.value)
 
 
 def test_api_key_in_yaml_is_rejected_without_echoing_it(tmp_path: Path) -> None:
@@ -482,7 +491,7 @@ def test_http_url_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Non
     load_config(env={"MISP_URL": "http://misp.example.org"})
 
     assert quiet == ""
-    assert "misp_url_plain_http url=http://misp.example.org" in caplog.text
+    assert "misp_url_plain_http host=misp.example.org" in caplog.text
 
 
 @pytest.mark.parametrize(
