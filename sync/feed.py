@@ -15,10 +15,13 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 import requests
+
+from sync.logs import kv
 
 log = logging.getLogger(__name__)
 
@@ -183,3 +186,104 @@ def _lenient_int(value: object) -> int:
         return int(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return 0
+
+
+# ---------------------------------------------------------------- feed sync
+
+
+def feed_state_key(name: str) -> str:
+    return f"feed:{name}"
+
+
+def run_feed_sync(
+    cfg: Any,
+    location: str,
+    *,
+    name: str | None = None,
+    force: bool = False,
+    warninglists: Any = None,
+) -> Any:
+    """One run of a feed: fetch new or changed events, drop withdrawn ones.
+
+    Per-feed state (store meta `feed:<name>`) records, for every event, its
+    manifest timestamp and the uuids of its attributes, so an event that left
+    the manifest, or an attribute that left its event, is removed by uuid.
+    """
+    from sync.engine import PullOutcome, execute_run
+
+    source = name or feed_name_from_location(location)
+    misp = cfg.misp
+    reader = FeedReader(
+        location,
+        connect_timeout_s=misp.connect_timeout_s,
+        read_timeout_s=misp.read_timeout_s,
+        verify=(misp.ca_bundle or True) if misp.verify_tls else False,
+    )
+
+    def pull(writer: Any, state: Any) -> Any:
+        state.mode = "feed"
+        recorded = writer.get_meta(feed_state_key(source)) or {}
+        log.info(kv("feed_start", source=source, location=location))
+        events, complete = _pull_feed(reader, recorded, state, writer)
+        return PullOutcome(complete, meta={feed_state_key(source): events})
+
+    return execute_run(
+        cfg, source=source, pull=pull, force=force, warninglists=warninglists
+    )
+
+
+def _pull_feed(
+    reader: FeedReader, recorded: dict, state: Any, writer: Any
+) -> tuple[dict, bool]:
+    manifest = reader.fetch_manifest()
+    applier = state.applier
+    withdrawn = [uuid for uuid in recorded if uuid not in manifest]
+    complete = _removal_allowed(withdrawn, recorded, state)
+    if complete:
+        for uuid in withdrawn:
+            applier.delete_uuids(recorded[uuid].get("attributes", ()))
+    # A refused removal keeps the withdrawn events recorded, to retry next run.
+    events = {u: e for u, e in recorded.items() if u in manifest or not complete}
+
+    for uuid, stamp in manifest.items():
+        if uuid in recorded and recorded[uuid].get("timestamp", 0) >= stamp:
+            continue
+        try:
+            event = reader.fetch_event(uuid)
+        except FeedError as err:
+            log.error(kv("feed_event_failed", source=state.source, error=str(err)))
+            applier.counts.skipped["event_unreadable"] += 1
+            complete = False
+            continue
+        events[uuid] = _apply_event(applier, event, stamp, recorded.get(uuid))
+    return events, complete
+
+
+def _apply_event(applier: Any, event: dict, stamp: int, previous: dict | None) -> dict:
+    rows = list(rows_from_feed_event(event))
+    applier.apply_page(rows)
+    uuids = [r["uuid"] for r in rows if isinstance(r.get("uuid"), str)]
+    if previous:
+        gone = set(previous.get("attributes", ())) - set(uuids)
+        applier.delete_uuids(sorted(gone))
+    return {"timestamp": stamp, "attributes": uuids}
+
+
+def _removal_allowed(withdrawn: list, recorded: dict, state: Any) -> bool:
+    """Refuse to withdraw more than sync.max_removal_ratio of the feed's events."""
+    if not withdrawn or state.force:
+        return True
+    ratio = len(withdrawn) / len(recorded)
+    if ratio <= state.cfg.sync.max_removal_ratio:
+        return True
+    log.warning(
+        kv(
+            "feed_removal_refused",
+            source=state.source,
+            withdrawn_events=len(withdrawn),
+            of=len(recorded),
+            max_removal_ratio=state.cfg.sync.max_removal_ratio,
+            hint="check the feed; rerun with --force to remove",
+        )
+    )
+    return False

@@ -1,4 +1,5 @@
-"""The sync health line written into the enrichment log after every run.
+"""Reporting one sync run: the summary log line, the sync log line, and the
+health line written into the enrichment log after every run.
 
 Wazuh reads the enrichment log through a `<localfile>` JSON reader, so the
 health of the IOC store reaches the manager (and its dashboards) the same way
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import orjson
 
 from sync.logs import kv, mask_secrets
+from sync.store import STORE_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,95 @@ class SyncHealth:
     removed: int = 0
     cursor: int = 0
     last_success: int = 0
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """The outcome of one run, as logged, appended to the sync log and status."""
+
+    mode: str
+    result: str
+    source: str
+    started_at: int
+    duration_s: float
+    pulled: int = 0
+    pages: int = 0
+    stored: dict[str, int] = field(default_factory=dict)
+    removed: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    indicators: int = 0
+    cursor: int | None = None
+    last_success: int = 0
+    error: str = ""
+
+    def summary_fields(self) -> dict[str, object]:
+        fields: dict[str, object] = {
+            "mode": self.mode,
+            "result": self.result,
+            "source": self.source,
+            "pulled": self.pulled,
+        }
+        fields |= {f"stored_{k}": self.stored.get(k, 0) for k in STORE_KINDS}
+        fields |= {f"removed_{k}": self.removed.get(k, 0) for k in STORE_KINDS}
+        fields |= {f"skipped_{r}": n for r, n in sorted(self.skipped.items())}
+        fields |= {
+            "indicators": self.indicators,
+            "pages": self.pages,
+            "duration_s": round(self.duration_s, 3),
+            "cursor": self.cursor,
+        }
+        if self.error:
+            fields["error"] = self.error
+        return fields
+
+
+def publish_report(cfg: Any, report: SyncReport, *, now: float) -> None:
+    """Log the summary line, append the sync log line and the health line."""
+    level = logging.INFO if report.result == "ok" else logging.WARNING
+    if report.result == "failed":
+        level = logging.ERROR
+    log.log(level, kv("sync_done", **report.summary_fields()))
+    if report.result != "failed" and report.pulled == 0 and report.indicators == 0:
+        log.warning(
+            kv(
+                "sync_matched_nothing",
+                source=report.source,
+                hint="check MISP_TAG_FILTER, MISP_TO_IDS_ONLY, MISP_PUBLISHED_ONLY,"
+                " misp.types and the MISP user's permissions",
+            )
+        )
+    if cfg.sync.log_enabled:
+        _append_sync_log(cfg.sync.log_path, report, now=now)
+    write_health(
+        cfg.output.path,
+        health_record(_health(report), now=now, stale_after_s=cfg.sync.stale_after_s),
+    )
+
+
+def _health(report: SyncReport) -> SyncHealth:
+    return SyncHealth(
+        status=report.result,
+        mode=report.mode,
+        source=report.source,
+        error=report.error,
+        indicators=report.indicators,
+        stored=sum(report.stored.values()),
+        removed=sum(report.removed.values()),
+        cursor=report.cursor or 0,
+        last_success=report.last_success,
+    )
+
+
+def _append_sync_log(path: str, report: SyncReport, *, now: float) -> None:
+    line = orjson.dumps({"time": int(now), **asdict(report)}) + b"\n"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        log.error(kv("sync_log_write_failed", path=path, error=err.strerror))
 
 
 def health_record(health: SyncHealth, *, now: float, stale_after_s: int) -> dict:

@@ -1,0 +1,616 @@
+"""One sync run: MISP attributes (server or feed) into the four IOC databases.
+
+A run takes the sync lock, opens one StoreWriter transaction on the four
+databases, pulls rows page by page and applies each page at once (memory stays
+at about one page), then commits every change together with the new cursor.
+Any failure - an exception, a MISP error, SIGTERM, or SIGKILL - leaves the store
+and the cursor exactly as they were.
+
+Modes of a server run:
+
+* `full`: everything in scope. Rows of this source that the pull did not
+  return are removed (reconcile), unless the pull was cut short (`max_pages`)
+  or the removal exceeds `sync.max_removal_ratio` of the store without
+  `--force`; then nothing is removed and the run is `incomplete`.
+* `incremental`: attributes changed since `cursor - sync.overlap_s`, including
+  soft-deleted ones.
+
+Filters that an edit can switch off (to_ids, tags, published) are evaluated
+here on every returned row, never sent to MISP: a row that no longer passes is
+removed from the store by attribute uuid, so the edit propagates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from sync.config import Config
+from sync.health import SyncReport, publish_report
+from sync.logs import kv
+from sync.normalize import SUPPORTED_MISP_TYPES, InvalidValue, indicators_from_misp
+from sync.store import STORE_KINDS, StoreWriter, store_paths
+from sync.warninglists import WarninglistSet, load_warninglists
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".sync.lock"
+RESULTS = ("ok", "incomplete", "failed")
+THREAT_LEVELS = {"1": "high", "2": "medium", "3": "low", "4": "undefined"}
+
+
+class SyncError(RuntimeError):
+    """A run that cannot start or cannot finish."""
+
+
+class SyncLocked(SyncError):
+    """Another run holds the sync lock."""
+
+
+class SyncInterrupted(SyncError):
+    """SIGTERM arrived during a run; the run is abandoned as failed."""
+
+
+# ---------------------------------------------------------------- local filter
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """The filters an edit can switch off, checked on every returned row."""
+
+    to_ids_only: bool = True
+    published_only: bool = False
+    include_tags: tuple[re.Pattern[str], ...] = ()
+    exclude_tags: tuple[re.Pattern[str], ...] = ()
+    not_before: int = 0
+
+    def rejection(self, row: dict, tags: list[str]) -> str | None:
+        """Why `row` must not be in the store, or None when it passes."""
+        if row.get("deleted") in (True, 1, "1"):
+            return "deleted"
+        if self.to_ids_only and row.get("to_ids") not in (True, 1, "1"):
+            return "not_to_ids"
+        if self.published_only and not _published(row):
+            return "unpublished"
+        if self.include_tags and not _any_tag(self.include_tags, tags):
+            return "tag_filter"
+        if self.exclude_tags and _any_tag(self.exclude_tags, tags):
+            return "tag_excluded"
+        if self.not_before and _freshest_s(row) < self.not_before:
+            return "too_old"
+        return None
+
+
+def row_filter_from_config(cfg: Config, *, now: float) -> RowFilter:
+    """Build the local filter from `misp.*` settings."""
+    misp = cfg.misp
+    include = tuple(_tag_pattern(t) for t in misp.tags if not t.startswith("!"))
+    exclude = tuple(_tag_pattern(t[1:]) for t in misp.tags if t.startswith("!"))
+    not_before = int(now - misp.max_age_days * 86400) if misp.max_age_days else 0
+    return RowFilter(
+        misp.to_ids_only, misp.published_only, include, exclude, not_before
+    )
+
+
+def _tag_pattern(name: str) -> re.Pattern[str]:
+    # MISP compares tag names with SQL LIKE: case-insensitive, `%` a wildcard.
+    parts = (re.escape(p) for p in name.strip().split("%"))
+    return re.compile(".*".join(parts), re.IGNORECASE)
+
+
+def _any_tag(patterns: Iterable[re.Pattern[str]], tags: list[str]) -> bool:
+    return any(p.fullmatch(t) for p in patterns for t in tags)
+
+
+def _published(row: dict) -> bool:
+    # Unknown (a row without event context) passes: keep rather than lose.
+    return (row.get("Event") or {}).get("published", True) in (True, 1, "1")
+
+
+def _freshest_s(row: dict) -> int:
+    stamp = _int(row.get("timestamp"))
+    last_seen = row.get("last_seen")
+    if isinstance(last_seen, str) and last_seen:
+        with contextlib.suppress(ValueError):
+            stamp = max(stamp, int(datetime.fromisoformat(last_seen).timestamp()))
+    return stamp
+
+
+def _int(value: object) -> int:
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0
+
+
+def row_tags(row: dict) -> list[str]:
+    """Names of attribute tags and event tags (inherited or in the context)."""
+    names = [t.get("name") for t in row.get("Tag") or () if isinstance(t, dict)]
+    event_tags = (row.get("Event") or {}).get("Tag") or ()
+    names += [t.get("name") for t in event_tags if isinstance(t, dict)]
+    return list(dict.fromkeys(n for n in names if isinstance(n, str)))
+
+
+# ---------------------------------------------------------------- applying rows
+
+
+@dataclass
+class RunCounts:
+    """What one run did so far (mutable while the run goes on)."""
+
+    pulled: int = 0
+    pages: int = 0
+    max_timestamp: int = 0
+    stored: Counter = field(default_factory=Counter)
+    removed: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)
+
+
+class RowApplier:
+    """Turn rows into upserts and deletes on a StoreWriter, counting all."""
+
+    def __init__(
+        self,
+        writer: StoreWriter,
+        *,
+        source: str,
+        row_filter: RowFilter,
+        warninglists: WarninglistSet,
+        prune: bool,
+    ) -> None:
+        self.writer = writer
+        self.source = source
+        self.row_filter = row_filter
+        self.warninglists = warninglists
+        # A store without rows of this source has nothing to delete: skip it.
+        self.prune = prune
+        self.counts = RunCounts()
+        self._doomed: dict[str, list[str]] = {kind: [] for kind in STORE_KINDS}
+
+    def apply_page(self, rows: Iterable[dict]) -> None:
+        """Apply one page, then its deletes; count the page."""
+        self.counts.pages += 1
+        for row in rows:
+            self.apply(row)
+        self.flush_deletes()
+
+    def apply(self, row: dict) -> None:
+        counts = self.counts
+        counts.pulled += 1
+        counts.max_timestamp = max(counts.max_timestamp, _int(row.get("timestamp")))
+        uuid, misp_type = row.get("uuid"), row.get("type")
+        if not isinstance(uuid, str) or not uuid:
+            counts.skipped["no_uuid"] += 1
+            return
+        if misp_type not in SUPPORTED_MISP_TYPES:
+            counts.skipped["unsupported_type"] += 1
+            return
+
+        tags = row_tags(row)
+        reason = self.row_filter.rejection(row, tags)
+        if reason is None:
+            reason = self._store(row, uuid, misp_type, tags)
+        if reason is not None:
+            counts.skipped[reason] += 1
+            self._doom(uuid, STORE_KINDS)
+
+    def _store(self, row: dict, uuid: str, misp_type: str, tags: list) -> str | None:
+        value = row.get("value")
+        try:
+            indicators = indicators_from_misp(misp_type, value)
+        except InvalidValue as err:
+            log.debug(kv("attribute_invalid", uuid=uuid, error=str(err)))
+            return err.reason
+        listed = (
+            self.warninglists.match(misp_type, value)
+            if self.warninglists.lists
+            else None
+        )
+        if listed is not None:
+            return f"warninglist_{listed}"
+
+        context = self._context(row, uuid, misp_type, tags)
+        for indicator in indicators:
+            context.update(
+                value=indicator.value, subtype=indicator.subtype, port=indicator.port
+            )
+            self.writer.upsert(indicator.kind, context)
+            self.counts.stored[indicator.kind] += 1
+        kinds = {i.kind for i in indicators}
+        self._doom(uuid, [k for k in STORE_KINDS if k not in kinds])
+        return None
+
+    def _context(self, row: dict, uuid: str, misp_type: str, tags: list) -> dict:
+        event = row.get("Event") or {}
+        return {
+            "attribute_uuid": uuid,
+            "raw_value": row.get("value"),
+            "misp_type": misp_type,
+            "category": row.get("category"),
+            "to_ids": row.get("to_ids") in (True, 1, "1"),
+            "attribute_id": row.get("id"),
+            "event_id": row.get("event_id") or event.get("id"),
+            "event_uuid": event.get("uuid") or row.get("event_uuid"),
+            "event_info": event.get("info"),
+            "threat_level": THREAT_LEVELS.get(str(event.get("threat_level_id"))),
+            "tags": tags,
+            "comment": row.get("comment") or None,
+            "first_seen": row.get("first_seen"),
+            "last_seen": row.get("last_seen"),
+            "attribute_timestamp": _int(row.get("timestamp")) or None,
+            "source": self.source,
+        }
+
+    def _doom(self, uuid: str, kinds: Iterable[str]) -> None:
+        if self.prune:
+            for kind in kinds:
+                self._doomed[kind].append(uuid)
+
+    def flush_deletes(self) -> None:
+        for kind, uuids in self._doomed.items():
+            if uuids:
+                self.counts.removed[kind] += self.writer.delete_uuids(kind, uuids)
+                uuids.clear()
+
+    def delete_uuids(self, uuids: Iterable[str]) -> None:
+        """Remove attributes by uuid from every kind (events gone from a feed)."""
+        uuids = list(uuids)
+        for kind in STORE_KINDS:
+            self.counts.removed[kind] += self.writer.delete_uuids(kind, uuids)
+
+
+# ---------------------------------------------------------------- lock, signals
+
+
+def lock_path(cfg: Config) -> Path:
+    """The lock file: `.sync.lock` beside the IP database."""
+    return Path(cfg.store.ips_db).parent / LOCK_NAME
+
+
+@contextlib.contextmanager
+def sync_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `path`; raise SyncLocked when taken."""
+    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise SyncLocked(f"another sync is running (lock {path} held)") from err
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def sigterm_as_failure() -> Iterator[None]:
+    """Turn SIGTERM into SyncInterrupted while the block runs (main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise SyncInterrupted("terminated by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ---------------------------------------------------------------- one run
+
+
+@dataclass(frozen=True)
+class PullOutcome:
+    """What a pull tells the run: its mode, completeness, and what to commit."""
+
+    complete: bool
+    reconcile: bool = False
+    cursor: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunState:
+    """Shared between the runner and a pull while the run goes on."""
+
+    cfg: Config
+    source: str
+    started_at: int
+    force: bool
+    warninglists: WarninglistSet
+    mode: str = "unknown"
+    applier: RowApplier | None = None
+
+
+Pull = Callable[[StoreWriter, RunState], PullOutcome]
+
+
+def execute_run(
+    cfg: Config,
+    *,
+    source: str,
+    pull: Pull,
+    force: bool = False,
+    warninglists: WarninglistSet | None = None,
+) -> SyncReport:
+    """Run `pull` under the lock in one store transaction; report the outcome.
+
+    Raises SyncLocked when another run holds the lock; every other failure is
+    reported (result `failed`) and leaves the store as it was.
+    """
+    if warninglists is None:
+        warninglists = load_warninglists(
+            cfg.sync.warninglists_dir, cfg.sync.warninglists
+        )
+    state = RunState(cfg, source, int(time.time()), force, warninglists)
+    clock_start = time.monotonic()
+    with sync_lock(lock_path(cfg)):
+        try:
+            with sigterm_as_failure():
+                report = _run_locked(state, pull, clock_start)
+        except Exception as err:  # the run boundary: report, never crash
+            report = _failed_report(state, err, clock_start)
+
+    publish_report(cfg, report, now=time.time())
+    if report.result != "failed" and sum(report.stored.values()):
+        _retrohunt(cfg, since=state.started_at)
+    return report
+
+
+def _run_locked(state: RunState, pull: Pull, clock_start: float) -> SyncReport:
+    cfg = state.cfg
+    run_id = time.time_ns() // 1000
+    with StoreWriter(store_paths(cfg), run_id=run_id) as writer:
+        before = {k: writer.count(k, state.source) for k in STORE_KINDS}
+        state.applier = RowApplier(
+            writer,
+            source=state.source,
+            row_filter=row_filter_from_config(cfg, now=state.started_at),
+            warninglists=state.warninglists,
+            prune=sum(before.values()) > 0,
+        )
+        outcome = pull(writer, state)
+        state.applier.flush_deletes()
+
+        complete = outcome.complete
+        if complete and outcome.reconcile:
+            complete = _reconcile(writer, state, before)
+            if complete:
+                writer.set_meta("last_reconcile", state.started_at)
+        result = "ok" if complete else "incomplete"
+        return _commit(writer, state, outcome, result, clock_start)
+
+
+def _commit(
+    writer: StoreWriter,
+    state: RunState,
+    outcome: PullOutcome,
+    result: str,
+    clock_start: float,
+) -> SyncReport:
+    if outcome.cursor is not None:
+        writer.set_meta("cursor", outcome.cursor)
+    for key, value in outcome.meta.items():
+        writer.set_meta(key, value)
+    indicators = sum(writer.count(k) for k in STORE_KINDS)
+    cursor = writer.get_meta("cursor")
+    writer.set_meta("last_success", state.started_at)
+    writer.set_meta(
+        "last_run",
+        {
+            "time": state.started_at,
+            "result": result,
+            "mode": state.mode,
+            "source": state.source,
+        },
+    )
+    writer.commit()
+
+    counts = state.applier.counts
+    return SyncReport(
+        mode=state.mode,
+        result=result,
+        source=state.source,
+        started_at=state.started_at,
+        duration_s=time.monotonic() - clock_start,
+        pulled=counts.pulled,
+        pages=counts.pages,
+        stored=dict(counts.stored),
+        removed=dict(counts.removed),
+        skipped=dict(counts.skipped),
+        indicators=indicators,
+        cursor=cursor,
+        last_success=state.started_at,
+    )
+
+
+def _reconcile(writer: StoreWriter, state: RunState, before: dict) -> bool:
+    """Remove rows of the source the pull did not see; False when refused."""
+    run_id = writer.run_id
+    unseen = {k: writer.count_not_seen(k, run_id, state.source) for k in STORE_KINDS}
+    total_before = sum(before.values())
+    ratio = sum(unseen.values()) / total_before if total_before else 0.0
+    if ratio > state.cfg.sync.max_removal_ratio and not state.force:
+        log.warning(
+            kv(
+                "reconcile_refused",
+                would_remove=sum(unseen.values()),
+                of=total_before,
+                max_removal_ratio=state.cfg.sync.max_removal_ratio,
+                hint="check the MISP filters; rerun with --force to remove",
+            )
+        )
+        return False
+
+    removed = state.applier.counts.removed
+    for kind in STORE_KINDS:
+        if unseen[kind]:
+            removed[kind] += writer.delete_not_seen(kind, run_id, state.source)
+    return True
+
+
+def _failed_report(state: RunState, err: Exception, clock_start: float) -> SyncReport:
+    error = f"{type(err).__name__}: {err}"
+    log.error(kv("sync_failed", source=state.source, mode=state.mode, error=error))
+    counts = state.applier.counts if state.applier else RunCounts()
+    previous = _committed_meta(state.cfg)
+    return SyncReport(
+        mode=state.mode,
+        result="failed",
+        source=state.source,
+        started_at=state.started_at,
+        duration_s=time.monotonic() - clock_start,
+        pulled=counts.pulled,
+        pages=counts.pages,
+        indicators=previous.get("indicators", 0),
+        cursor=previous.get("cursor"),
+        last_success=previous.get("last_success") or 0,
+        error=error,
+    )
+
+
+def _committed_meta(cfg: Config) -> dict[str, Any]:
+    """Cursor, last success and row count as committed, for a failed report."""
+    from sync.store import StoreError, StoreReader, load_cursor
+
+    paths = store_paths(cfg)
+    try:
+        with StoreReader(paths) as reader:
+            counts = reader.counts()
+            return {
+                "cursor": load_cursor(paths),
+                "last_success": reader.meta("last_success"),
+                "indicators": sum(sum(c.values()) for c in counts.values()),
+            }
+    except (StoreError, OSError):
+        return {}
+
+
+def _retrohunt(cfg: Config, *, since: int) -> None:
+    if cfg.sync.retrohunt_days <= 0:
+        return
+    try:
+        from tailer.replay import retrohunt
+    except ImportError as err:
+        log.error(kv("retrohunt_unavailable", error=str(err)))
+        return
+    try:
+        retrohunt(cfg, since=since)
+    except Exception as err:  # a failed retro-hunt must not fail the sync
+        log.error(kv("retrohunt_failed", error=f"{type(err).__name__}: {err}"))
+
+
+# ---------------------------------------------------------------- server pull
+
+
+def server_source(url: str) -> str:
+    """The source name of a MISP server: its host (and port when given)."""
+    parts = urlsplit(url)
+    return parts.netloc.rsplit("@", 1)[-1] or url
+
+
+def choose_mode(
+    *,
+    full: bool,
+    cursor: int | None,
+    last_reconcile: int | None,
+    cfg: Config,
+    now: float,
+) -> str:
+    """`full` when asked, on the first run, or when a reconcile is due."""
+    if full or cursor is None:
+        return "full"
+    if last_reconcile is None:
+        return "full"
+    if now - last_reconcile >= cfg.sync.reconcile_interval_s:
+        return "full"
+    return "incremental"
+
+
+def build_query(cfg: Config, *, mode: str, cursor: int | None, now: float) -> dict:
+    """The restSearch body of a pull (without `page` and `limit`)."""
+    misp = cfg.misp
+    # The client adds returnFormat, order (Attribute.id asc), limit and page.
+    query: dict[str, Any] = {
+        "includeEventTags": 1,
+        "includeContext": 1,
+        "type": list(misp.types) or sorted(SUPPORTED_MISP_TYPES),
+    }
+    if misp.categories:
+        query["category"] = list(misp.categories)
+    if misp.enforce_warninglist:
+        query["enforceWarninglist"] = 1
+
+    if mode == "incremental":
+        query["deleted"] = [0, 1]
+        query["timestamp"] = max(1, int(cursor or 0) - cfg.sync.overlap_s)
+    elif misp.use_timestamp_filter:
+        query["timestamp"] = int(now - misp.last_n_days * 86400)
+    return query
+
+
+def pull_pages(pages: Iterable[list[dict]], applier: RowApplier) -> None:
+    """Apply every page as it arrives (never more than one page in memory)."""
+    for page in pages:
+        applier.apply_page(page)
+
+
+def run_server_sync(
+    cfg: Config,
+    *,
+    full: bool = False,
+    force: bool = False,
+    client: Any = None,
+    warninglists: WarninglistSet | None = None,
+) -> SyncReport:
+    """One run against the MISP server of `cfg.misp`."""
+
+    def pull(writer: StoreWriter, state: RunState) -> PullOutcome:
+        cursor = writer.get_meta("cursor")
+        state.mode = choose_mode(
+            full=full,
+            cursor=cursor,
+            last_reconcile=writer.get_meta("last_reconcile"),
+            cfg=cfg,
+            now=state.started_at,
+        )
+        query = build_query(cfg, mode=state.mode, cursor=cursor, now=state.started_at)
+        log.info(kv("sync_start", source=state.source, mode=state.mode, cursor=cursor))
+        misp = client or make_client(cfg)
+        try:
+            pages = misp.iter_attribute_pages(query, max_pages=cfg.misp.max_pages)
+            pull_pages(pages, state.applier)
+        finally:
+            if client is None:
+                misp.close()
+        complete = misp.incomplete is None
+        seen = state.applier.counts.max_timestamp
+        new_cursor = max(int(cursor or 0), seen) if complete else None
+        return PullOutcome(complete, reconcile=state.mode == "full", cursor=new_cursor)
+
+    source = server_source(cfg.misp.url)
+    return execute_run(
+        cfg, source=source, pull=pull, force=force, warninglists=warninglists
+    )
+
+
+def make_client(cfg: Config) -> Any:
+    from sync.misp_api import MispClient
+
+    return MispClient.from_config(cfg.misp)
