@@ -14,13 +14,25 @@ import filecmp
 import glob
 import gzip
 import logging
+import multiprocessing
 import os
 import re
+import sys
+import time
 import zlib
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+from sync.store import StoreError, StoreReader, store_paths
+from tailer.enrich import build_enrichment, encode_enrichment
+from tailer.match import IndicatorIndex
+from tailer.output import EnrichmentWriter
+from tailer.pipeline import build_pipeline, match_alert_line
+from tailer.stats import Counts, Progress, format_summary
 
 log = logging.getLogger(__name__)
 
@@ -166,3 +178,287 @@ def describe_gzip_error(err: BaseException) -> str:
     if isinstance(err, EOFError):
         return "truncated gzip"
     return f"corrupt gzip ({err})"
+
+
+# -- options ----------------------------------------------------------------------
+
+RELATIVE_TIME = re.compile(r"^(\d+)([smhd])$")
+UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ReplayError(Exception):
+    """A replay option or the archive cannot be used."""
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """What to replay and how; built from the command line or by retrohunt."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    indicators_since: int | None = None
+    emit: bool = False
+    output: str = "-"
+    jobs: int = 0
+
+
+def parse_time(text: str, *, now: datetime | None = None) -> datetime:
+    """Parse `2026-12-01`, an ISO 8601 time, or a relative `7d`/`12h`/`30m`."""
+    now = now or datetime.now().astimezone()
+    relative = RELATIVE_TIME.match(text.strip())
+    if relative:
+        amount, unit = relative.groups()
+        return now - timedelta(seconds=int(amount) * UNIT_S[unit])
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError as err:
+        raise ReplayError(
+            f"replay time: not a time (got {text!r}); expected 2026-12-01, "
+            "2026-12-01T10:00:00+00:00 or a relative 7d, 12h, 30m"
+        ) from err
+    return moment if moment.tzinfo else moment.astimezone()
+
+
+def add_replay_arguments(parser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH")
+    parser.add_argument("--since", metavar="TIME", help="first alert time to replay")
+    parser.add_argument("--until", metavar="TIME", help="last alert time to replay")
+    levels = parser.add_mutually_exclusive_group()
+    levels.add_argument("--min-level", type=int, metavar="N")
+    levels.add_argument("--all-levels", action="store_true")
+    parser.add_argument("--output", default="-", metavar="FILE|-")
+    parser.add_argument(
+        "--emit", action="store_true", help="append hits to the live enrichment log"
+    )
+    parser.add_argument("--indicators-since", metavar="TIME|last-sync")
+    parser.add_argument("--jobs", type=int, default=0, metavar="N")
+
+
+def replay_overrides(args) -> dict[str, object]:
+    if args.all_levels:
+        return {"tailer.min_level": 0}
+    if args.min_level is not None:
+        return {"tailer.min_level": args.min_level}
+    return {}
+
+
+def options_from_args(cfg: Any, args) -> ReplayOptions:
+    return ReplayOptions(
+        since=parse_time(args.since) if args.since else None,
+        until=parse_time(args.until) if args.until else None,
+        indicators_since=indicators_since(cfg, args.indicators_since),
+        emit=args.emit,
+        output=args.output,
+        jobs=args.jobs,
+    )
+
+
+def indicators_since(cfg: Any, text: str | None) -> int | None:
+    """Epoch second from `--indicators-since` (`last-sync`: the last sync run)."""
+    if text is None:
+        return None
+    if text != "last-sync":
+        return int(parse_time(text).timestamp())
+    with StoreReader(store_paths(cfg)) as reader:
+        last_run = reader.meta("last_run")
+    started = last_run.get("time") if isinstance(last_run, dict) else None
+    if not isinstance(started, int | float):
+        raise ReplayError(
+            "replay --indicators-since last-sync: the store records no sync run "
+            f"(got {last_run!r}); expected a store written by misp-ioc-sync"
+        )
+    return int(started)
+
+
+def in_days(pieces: list[Piece], options: ReplayOptions) -> list[Piece]:
+    """Drop dated pieces outside [since, until] by their day; keep undated ones."""
+    first = options.since.date() if options.since else date.min
+    last = options.until.date() if options.until else date.max
+    return [p for p in pieces if p.day is None or first <= p.day <= last]
+
+
+def time_filter(options: ReplayOptions):
+    """A filter on alert timestamps, or None when no window was asked for."""
+    if options.since is None and options.until is None:
+        return None
+    since, until = options.since, options.until
+
+    def within(alert: dict) -> bool:
+        moment = alert_time(alert.get("timestamp"))
+        if moment is None:
+            return True
+        return (since is None or moment >= since) and (until is None or moment <= until)
+
+    return within
+
+
+def alert_time(text: Any) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+# -- running ----------------------------------------------------------------------
+
+
+@dataclass
+class PieceResult:
+    """What one worker found in one piece."""
+
+    path: str
+    matches: list
+    counts: Counts
+    error: str | None = None
+
+
+_worker: dict[str, Any] = {}
+
+
+def start_worker(cfg: Any, options: ReplayOptions) -> None:
+    """Open this process's own read-only index and pipeline (once per process)."""
+    reader = StoreReader(store_paths(cfg))
+    index = IndicatorIndex(reader, since=options.indicators_since)
+    _worker["pipeline"] = build_pipeline(cfg, index, alert_filter=time_filter(options))
+
+
+def replay_piece(path_text: str) -> PieceResult:
+    """Run every complete line of one piece through the pipeline."""
+    ctx = _worker["pipeline"]
+    ctx.counts = Counts()
+    matches: list = []
+    error = None
+    line_no = 0
+    try:
+        for line_no, line in enumerate(read_lines(Path(path_text)), start=1):
+            ctx.counts.bytes_read += len(line) + 1
+            found = match_alert_line(line, ctx, path=path_text, line_no=line_no)
+            if found:
+                matches.extend(found)
+    except (ArchiveError, OSError) as err:
+        error = str(err) if isinstance(err, ArchiveError) else f"{path_text}: {err}"
+    return PieceResult(path_text, matches, ctx.counts, error)
+
+
+def iter_results(cfg: Any, options: ReplayOptions, pieces: list[Piece]):
+    """Results per piece, in piece order; several processes when it pays."""
+    paths = [str(piece.path) for piece in pieces]
+    jobs = options.jobs or min(os.cpu_count() or 1, len(paths))
+    if jobs <= 1 or len(paths) <= 1:
+        start_worker(cfg, options)
+        yield from map(replay_piece, paths)
+        return
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=start_worker, initargs=(cfg, options)
+    ) as pool:
+        yield from pool.map(replay_piece, paths)
+
+
+class HitSink:
+    """Where replayed hits go: a file or stdout, or the live enrichment log."""
+
+    def __init__(self, cfg: Any, options: ReplayOptions) -> None:
+        self.max_line_bytes = cfg.output.max_line_bytes
+        self.writer: EnrichmentWriter | None = None
+        self.stream = None
+        self.written = 0
+        if options.emit:
+            self.writer = EnrichmentWriter(
+                cfg.output.path,
+                flood_window_s=cfg.output.flood_window_s,
+                max_line_bytes=cfg.output.max_line_bytes,
+            )
+            self.writer.recover_tail(0)
+        elif options.output == "-":
+            self.stream = sys.stdout.buffer
+        else:
+            self.stream = open(options.output, "wb")  # noqa: SIM115
+
+    def write(self, matches: list) -> None:
+        for alert, hit in matches:
+            if self.writer is not None:
+                if self.writer.write_hit(alert, hit, replay=True) == "written":
+                    self.written += 1
+                continue
+            record = build_enrichment(alert, hit, replay=True)
+            self.stream.write(encode_enrichment(record, self.max_line_bytes))
+            self.written += 1
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.flush(fsync=True)
+            self.writer.close()
+        elif self.stream is not None:
+            self.stream.flush()
+            if self.stream is not sys.stdout.buffer:
+                self.stream.close()
+
+
+def replay(cfg: Any, options: ReplayOptions, paths: Iterable[str | Path]) -> tuple:
+    """Replay archive paths; return (counts, pieces, errors, hits written)."""
+    pieces = in_days(find_pieces(paths), options)
+    total = Counts()
+    errors: list[str] = []
+    sink = HitSink(cfg, options)
+    progress = Progress(
+        sys.stderr, enabled=sys.stderr.isatty(), total_files=len(pieces)
+    )
+    try:
+        for done, result in enumerate(iter_results(cfg, options, pieces), start=1):
+            sink.write(result.matches)
+            total.add(result.counts)
+            if result.error:
+                errors.append(result.error)
+                log.error("replay_piece_incomplete %s", result.error)
+            progress.update(total, files_done=done)
+    finally:
+        progress.close()
+        sink.close()
+    return total, pieces, errors, sink.written
+
+
+def run_replay(cfg: Any, args) -> int:
+    """The `replay` subcommand: 0 when every piece was read to its end, else 1."""
+    started = time.monotonic()
+    try:
+        options = options_from_args(cfg, args)
+        total, pieces, errors, _ = replay(cfg, options, args.paths)
+    except (ReplayError, ArchiveError, StoreError) as err:
+        print(err, file=sys.stderr)
+        return 2 if isinstance(err, ReplayError | ArchiveError) else 1
+
+    elapsed_s = time.monotonic() - started
+    summary = format_summary(
+        total, files=len(pieces), errors=len(errors), elapsed_s=elapsed_s
+    )
+    print(summary, file=sys.stderr)
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def retrohunt(cfg: Any, since: int) -> int:
+    """Replay the last `sync.retrohunt_days` days against indicators stored since
+    `since` (epoch s), appending hits (marked replayed) to the enrichment log.
+
+    Returns the number of enrichments written.
+    """
+    days = cfg.sync.retrohunt_days
+    if days <= 0:
+        return 0
+    alerts_dir = Path(cfg.tailer.alerts_path).parent
+    first = datetime.now().astimezone() - timedelta(days=days)
+    options = ReplayOptions(
+        since=first.replace(hour=0, minute=0, second=0, microsecond=0),
+        indicators_since=since,
+        emit=True,
+    )
+    total, pieces, errors, written = replay(cfg, options, [alerts_dir])
+    log.info(
+        "retrohunt_done days=%d pieces=%d lines=%d hits=%d written=%d errors=%d",
+        days, len(pieces), total.lines, total.hits, written, len(errors),
+    )  # fmt: skip
+    return written

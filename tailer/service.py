@@ -1,0 +1,372 @@
+"""The run loop of `wazuh-ioc-tailer run`.
+
+One step: read a batch of complete alert lines, match each through the shared
+pipeline, write every hit, flush, then save the checkpoint. The checkpoint is
+saved only after the output holds every enrichment of the lines before it;
+the output offset saved beside it lets a restart re-learn what was already
+written (`EnrichmentWriter.recover_tail`), so re-read lines emit nothing twice.
+
+Around the step: index refresh every `tailer.reload_interval_s`, a stats line
+every `tailer.stats_interval_s`, systemd notifications, and signals (SIGTERM
+and SIGINT stop after the current batch, SIGHUP reloads the configuration and
+reopens the output). Bad input never stops the loop; a broken file or store is
+retried with back-off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sync.store import StoreError, StoreReader, store_paths
+from tailer.checkpoint import CheckpointError, CheckpointStore
+from tailer.follow import Batch, Follower, Position
+from tailer.match import IndicatorIndex
+from tailer.notify import Notifier
+from tailer.output import EnrichmentWriter
+from tailer.pipeline import Pipeline, build_pipeline, match_alert_line
+from tailer.stats import format_stats
+
+log = logging.getLogger(__name__)
+
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 30.0
+STATUS_SAVE_INTERVAL_S = 10.0
+BATCH_BYTES = 1 << 20
+
+ConfigLoader = Callable[[], Any]
+
+
+class Backoff:
+    """Delays that double from BACKOFF_FIRST_S up to BACKOFF_MAX_S."""
+
+    def __init__(self) -> None:
+        self.delay_s = BACKOFF_FIRST_S
+
+    def next_delay_s(self) -> float:
+        delay_s = self.delay_s
+        self.delay_s = min(self.delay_s * 2, BACKOFF_MAX_S)
+        return delay_s
+
+    def reset(self) -> None:
+        self.delay_s = BACKOFF_FIRST_S
+
+
+@dataclass
+class Timers:
+    """When each periodic task last ran (monotonic seconds)."""
+
+    reload: float = field(default_factory=time.monotonic)
+    stats: float = field(default_factory=time.monotonic)
+    status: float = 0.0
+
+
+class Service:
+    """State of one `run`: configuration, index, pipeline, follower, writer."""
+
+    def __init__(self, cfg: Any, *, reload_config: ConfigLoader | None = None) -> None:
+        self.cfg = cfg
+        self.reload_config = reload_config
+        self.stop = threading.Event()
+        self.hangup = False
+        self.notifier = Notifier.from_env()
+        self.timers = Timers()
+        self.checkpoint: CheckpointStore | None = None
+        self.index: IndicatorIndex | None = None
+        self.pipeline: Pipeline | None = None
+        self.writer: EnrichmentWriter | None = None
+        self.follower: Follower | None = None
+        self.saved: Position | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; return the exit code (0)."""
+        self.install_signals()
+        log.info("tailer_start alerts=%s", self.cfg.tailer.alerts_path)
+        try:
+            if self.start():
+                self.notifier.ready(f"tailing {self.cfg.tailer.alerts_path}")
+                self.loop()
+        finally:
+            self.shutdown()
+        return 0
+
+    def install_signals(self) -> None:
+        def on_stop(signum: int, _frame: object) -> None:
+            log.info("signal_received signal=%s", signal.Signals(signum).name)
+            self.stop.set()
+
+        def on_hangup(_signum: int, _frame: object) -> None:
+            self.hangup = True
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hangup)
+
+    def start(self) -> bool:
+        """Open checkpoint, index, writer and follower; False when stopped first."""
+        self.checkpoint = self.retry("checkpoint", self.open_checkpoint)
+        self.index = self.retry("store", self.open_index)
+        if self.stop.is_set():
+            return False
+        self.pipeline = build_pipeline(self.cfg, self.index)
+        self.writer = self.open_writer()
+        self.follower = self.retry("alerts", self.open_follower)
+        return not self.stop.is_set()
+
+    def shutdown(self) -> None:
+        self.notifier.stopping()
+        if self.follower is not None:
+            self.save_checkpoint(self.follower.position(), force_status=True)
+            self.follower.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.checkpoint is not None:
+            self.checkpoint.close()
+        if self.pipeline is not None:
+            log.info(self.stats_line())
+        log.info("tailer_stop")
+        self.notifier.close()
+
+    def retry(self, what: str, opener: Callable[[], Any]) -> Any:
+        """Call opener until it succeeds or the service is stopped."""
+        backoff = Backoff()
+        while not self.stop.is_set():
+            try:
+                return opener()
+            except (OSError, StoreError, CheckpointError) as err:
+                delay_s = backoff.next_delay_s()
+                log.error(
+                    "open_failed what=%s error=%s retry_in_s=%.0f", what, err, delay_s
+                )
+                self.notifier.status(f"waiting for {what}: {err}")
+                self.stop.wait(delay_s)
+        return None
+
+    # -- opening the parts ----------------------------------------------------
+
+    def open_checkpoint(self) -> CheckpointStore:
+        return CheckpointStore(self.cfg.tailer.state_dir)
+
+    def open_index(self) -> IndicatorIndex:
+        index = IndicatorIndex(StoreReader(store_paths(self.cfg)))
+        self.timers.reload = time.monotonic()
+        return index
+
+    def open_writer(self) -> EnrichmentWriter:
+        """Open the output and re-learn what was written after the checkpoint."""
+        output = self.cfg.output
+        writer = EnrichmentWriter(
+            output.path,
+            flood_window_s=output.flood_window_s,
+            max_line_bytes=output.max_line_bytes,
+        )
+        if self.checkpoint.load() is not None:
+            saved = self.checkpoint.load_counters().get("output", {})
+            writer.recover_tail(saved.get("offset", 0), inode=saved.get("inode"))
+        return writer
+
+    def open_follower(self) -> Follower:
+        """Follow from the checkpoint (or start_at); save the first position now."""
+        tailer = self.cfg.tailer
+        self.saved = self.checkpoint.load()
+        follower = Follower(
+            tailer.alerts_path,
+            start=self.saved,
+            start_at=tailer.start_at,
+            max_line_bytes=tailer.max_line_bytes,
+            poll_interval_s=tailer.poll_interval_s,
+        )
+        self.follower = follower
+        self.save_checkpoint(follower.position())
+        return follower
+
+    # -- the loop ---------------------------------------------------------------
+
+    def loop(self) -> None:
+        backoff = Backoff()
+        while not self.stop.is_set():
+            try:
+                self.step()
+                backoff.reset()
+            except Exception as err:  # the loop boundary: log, back off, resume
+                delay_s = backoff.next_delay_s()
+                log.error(
+                    "loop_error error=%r position=%s retry_in_s=%.0f",
+                    err, self.saved, delay_s,
+                )  # fmt: skip
+                self.stop.wait(delay_s)
+                self.restart_follower()
+
+    def step(self) -> None:
+        """Read and write one batch, or wait; then run what is due."""
+        batch = self.follower.read_batch(BATCH_BYTES)
+        if batch.lines:
+            self.write_batch(batch)
+            self.save_checkpoint(batch.position)
+        else:
+            self.save_checkpoint(batch.position or self.follower.position())
+            self.follower.wait()
+        self.run_periodic()
+
+    def write_batch(self, batch: Batch) -> None:
+        """Match every line and write its hits; flush before returning."""
+        ctx, writer = self.pipeline, self.writer
+        path = batch.position.path if batch.position else "-"
+        written_any = False
+        for line, end in zip(batch.lines, batch.line_ends, strict=True):
+            for alert, hit in match_alert_line(line, ctx, path=path, line_no=end):
+                writer.write_hit(alert, hit)
+                written_any = True
+        writer.flush(fsync=written_any)
+
+    def save_checkpoint(
+        self, position: Position | None, *, force_status: bool = False
+    ) -> None:
+        """Save the position (after the output is flushed) and the status."""
+        if position is None or self.checkpoint is None:
+            return
+        if position != self.saved:
+            self.checkpoint.save(position)
+            self.saved = position
+            self.save_status()
+        elif force_status:
+            self.save_status()
+
+    def save_status(self) -> None:
+        """Output offset for recover_tail, plus counters for `status`."""
+        self.timers.status = time.monotonic()
+        status: dict[str, Any] = {"saved_at": time.time(), "pid": os.getpid()}
+        if self.writer is not None:
+            inode, offset = self.writer.position()
+            status["output"] = {"inode": inode, "offset": offset}
+        if self.pipeline is not None:
+            status["counts"] = self.counters()
+        if self.index is not None:
+            status["indicators"] = self.index.counts
+            status["index_loaded_at"] = self.index.loaded_at
+        self.checkpoint.save_counters(status)
+
+    def restart_follower(self) -> None:
+        """After an error: follow again from the last saved checkpoint."""
+        if self.follower is not None:
+            self.follower.close()
+        self.follower = self.retry("alerts", self.open_follower)
+        if self.follower is None:
+            self.follower = _ClosedFollower()
+
+    # -- periodic work ------------------------------------------------------------
+
+    def run_periodic(self) -> None:
+        now = time.monotonic()
+        self.notifier.ping_if_due(now)
+        if now - self.timers.reload >= self.cfg.tailer.reload_interval_s:
+            self.timers.reload = now
+            self.index.refresh()
+        if now - self.timers.stats >= self.cfg.tailer.stats_interval_s:
+            self.timers.stats = now
+            line = self.stats_line()
+            log.info(line)
+            self.notifier.status(line)
+        if now - self.timers.status >= STATUS_SAVE_INTERVAL_S:
+            self.save_status()
+        if self.hangup:
+            self.hangup = False
+            self.reload()
+
+    def counters(self) -> dict[str, int]:
+        counts = self.pipeline.counts
+        writer_counts = self.writer.counts if self.writer else {}
+        counts.written = writer_counts.get("written", 0)
+        counts.suppressed = writer_counts.get("suppressed", 0)
+        snapshot = counts.snapshot()
+        snapshot["duplicates"] = writer_counts.get("duplicate", 0)
+        snapshot["oversized"] = self.follower.oversized_count if self.follower else 0
+        snapshot["lag_bytes"] = self.lag_bytes()
+        return snapshot
+
+    def stats_line(self) -> str:
+        snapshot = self.counters()
+        return format_stats(self.pipeline.counts, lag_bytes=snapshot["lag_bytes"])
+
+    def lag_bytes(self) -> int:
+        """Bytes of the live file not read yet (its whole size when elsewhere)."""
+        try:
+            stat = os.stat(self.cfg.tailer.alerts_path)
+        except OSError:
+            return 0
+        saved = self.saved
+        if saved is None:
+            return stat.st_size
+        if (saved.identity.device, saved.identity.inode) == (stat.st_dev, stat.st_ino):
+            return max(0, stat.st_size - saved.offset)
+        return stat.st_size
+
+    # -- SIGHUP -------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Reload the configuration (keep the old one if invalid); reopen output."""
+        log.info("reload_requested")
+        new_cfg = self.load_new_config()
+        if new_cfg is not None:
+            self.apply_config(new_cfg)
+        self.writer.close()
+        log.info("output_reopened path=%s", self.writer.path)
+
+    def load_new_config(self) -> Any | None:
+        if self.reload_config is None:
+            return None
+        try:
+            return self.reload_config()
+        except Exception as err:  # a bad edit must not stop the service
+            log.error("reload_failed error=%s; keeping the running configuration", err)
+            return None
+
+    def apply_config(self, new_cfg: Any) -> None:
+        old = self.cfg
+        if new_cfg.tailer.alerts_path != old.tailer.alerts_path:
+            log.warning("reload_needs_restart key=tailer.alerts_path")
+        if store_paths(new_cfg) != store_paths(old):
+            self.index = self.retry("store", lambda: self.open_index_for(new_cfg))
+        self.cfg = new_cfg
+        counts = self.pipeline.counts
+        self.pipeline = build_pipeline(new_cfg, self.index)
+        self.pipeline.counts = counts
+        if new_cfg.output != old.output:
+            self.writer.close()
+            self.writer = self.open_writer()
+        log.info("reload_applied")
+
+    def open_index_for(self, cfg: Any) -> IndicatorIndex:
+        return IndicatorIndex(StoreReader(store_paths(cfg)))
+
+
+class _ClosedFollower:
+    """Stands in when the service stopped while waiting for alerts.json."""
+
+    oversized_count = 0
+
+    def read_batch(self, _max_bytes: int) -> Batch:
+        return Batch()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        time.sleep(0.1 if timeout_s is None else min(timeout_s, 0.1))
+        return False
+
+    def position(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def run(cfg: Any, *, reload_config: ConfigLoader | None = None) -> int:
+    """Run the tailer service with `cfg` until stopped; return the exit code."""
+    return Service(cfg, reload_config=reload_config).run()
