@@ -34,6 +34,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 log = logging.getLogger(__name__)
 
 STORE_KINDS = ("ip", "domain", "url", "hash")
@@ -42,6 +44,7 @@ _PATH_KEYS["hash"] = "hashes_db"
 
 READER_BUSY_TIMEOUT_MS = 100
 WRITER_BUSY_TIMEOUT_MS = 10_000
+WRITER_CACHE_KIB = 65536  # random-key inserts stay in memory until commit
 _BATCH_ROWS = 2000
 
 _MIGRATIONS: tuple[str, ...] = (
@@ -73,7 +76,6 @@ _MIGRATIONS: tuple[str, ...] = (
         prefix_len INTEGER
     );
     CREATE INDEX indicator_value ON indicator (value);
-    CREATE INDEX indicator_source_run ON indicator (source, seen_run);
     CREATE INDEX indicator_network ON indicator (ip_version, prefix_len)
         WHERE prefix_len IS NOT NULL;
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -141,6 +143,7 @@ def open_store(path: Path | str, *, readonly: bool = False) -> sqlite3.Connectio
         conn.execute(f"PRAGMA busy_timeout = {WRITER_BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
         _migrate(conn, path)
     except sqlite3.Error as err:
         raise StoreUnavailable(f"store {path}: cannot open ({err})") from err
@@ -212,28 +215,46 @@ def _network_columns(value: str) -> tuple[int, int | None]:
     return version, int(length) if slash else None
 
 
+_AT = {column: at for at, column in enumerate(COLUMNS)}
+
+
 def _row_params(kind: str, row: dict[str, Any], *, run_id: int, now: int) -> tuple:
-    params = dict.fromkeys(COLUMNS)
-    params.update((k, v) for k, v in row.items() if k in params)
-    tags = params["tags"]
-    params["tags"] = tags if isinstance(tags, str) else _dump(list(tags or []))
-    if params["to_ids"] is not None:
-        params["to_ids"] = int(bool(params["to_ids"]))
-    params["source"] = params["source"] or ""
-    params["stored_at"] = params["stored_at"] or now
-    params["seen_run"] = run_id if params["seen_run"] is None else params["seen_run"]
+    get = row.get
+    params = [get(column) for column in COLUMNS]
+    tags = params[_AT["tags"]]
+    if not isinstance(tags, str):
+        params[_AT["tags"]] = orjson.dumps(list(tags or ())).decode()
+    to_ids = params[_AT["to_ids"]]
+    if to_ids is not None:
+        params[_AT["to_ids"]] = int(bool(to_ids))
+    params[_AT["source"]] = params[_AT["source"]] or ""
+    params[_AT["stored_at"]] = params[_AT["stored_at"]] or now
+    if params[_AT["seen_run"]] is None:
+        params[_AT["seen_run"]] = run_id
     if kind == "ip":
-        params["ip_version"], params["prefix_len"] = _network_columns(params["value"])
-    return tuple(params[c] for c in COLUMNS)
+        network = _network_columns(params[_AT["value"]])
+        params[_AT["ip_version"]], params[_AT["prefix_len"]] = network
+    return tuple(params)
 
 
-_CHANGED = " OR ".join(f"indicator.{c} IS NOT excluded.{c}" for c in _CONTENT_COLUMNS)
 _UPSERT_SQL = (
     f"INSERT INTO indicator ({', '.join(COLUMNS)})"
     f" VALUES ({', '.join('?' * len(COLUMNS))})"
     " ON CONFLICT (attribute_uuid) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS)
-    + f" WHERE {_CHANGED}"
+    + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "stored_at")
+    + ", stored_at = CASE WHEN "
+    + " OR ".join(f"indicator.{c} IS NOT excluded.{c}" for c in _CONTENT_COLUMNS)
+    + " THEN excluded.stored_at ELSE indicator.stored_at END"
+)
+# A re-pull rewrites every row (seen_run must move) but only a content change
+# counts as a change; this per-connection trigger counts those.
+_CHANGE_COUNTER_SQL = (
+    "CREATE TEMP TABLE IF NOT EXISTS content_changes (n INTEGER NOT NULL);"
+    "INSERT INTO content_changes (n) VALUES (0);"
+    "CREATE TEMP TRIGGER IF NOT EXISTS count_content_changes"
+    " AFTER UPDATE ON main.indicator WHEN "
+    + " OR ".join(f"old.{c} IS NOT new.{c}" for c in _CONTENT_COLUMNS)
+    + " BEGIN UPDATE content_changes SET n = n + 1; END"
 )
 _SEEN_SQL = "UPDATE indicator SET seen_run = ? WHERE attribute_uuid = ?"
 
@@ -258,6 +279,7 @@ class StoreWriter:
         try:
             for kind, path in self.paths.items():
                 self._conns[kind] = open_store(path)
+                self._conns[kind].executescript(_CHANGE_COUNTER_SQL)
                 self._conns[kind].execute("BEGIN IMMEDIATE")
         except BaseException:
             self._close(rollback=True)
@@ -352,10 +374,11 @@ class StoreWriter:
         if not pending:
             return
         conn = self._conns[kind]
-        count = conn.executemany(_UPSERT_SQL, pending).rowcount
-        self._changed[kind] |= count > 0
-        uuid_at, seen_at = COLUMNS.index("attribute_uuid"), COLUMNS.index("seen_run")
-        conn.executemany(_SEEN_SQL, [(p[seen_at], p[uuid_at]) for p in pending])
+        top_rowid = conn.execute("SELECT max(rowid) FROM indicator").fetchone()[0]
+        conn.executemany(_UPSERT_SQL, pending)
+        new_top = conn.execute("SELECT max(rowid) FROM indicator").fetchone()[0]
+        updated = conn.execute("SELECT n FROM content_changes").fetchone()[0]
+        self._changed[kind] |= updated > 0 or new_top != top_rowid
         pending.clear()
 
     def _close(self, *, rollback: bool) -> None:
@@ -458,7 +481,8 @@ class StoreReader:
         if not values:
             return []
         marks = ", ".join("?" * len(values))
-        sql = f"SELECT * FROM indicator WHERE value IN ({marks}) ORDER BY rowid"
+        sql = f"SELECT * FROM indicator WHERE value IN ({marks})"
+        " ORDER BY attribute_timestamp, attribute_uuid"
         with self._lock:
             cursor = self._conns[kind].execute(sql, values)
             columns = [d[0] for d in cursor.description]

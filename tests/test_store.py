@@ -1,0 +1,295 @@
+"""The IOC store on real SQLite files: migrations, writes, reconcile, isolation."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from sync.store import (
+    SCHEMA_VERSION,
+    STORE_KINDS,
+    StoreReader,
+    StoreUnavailable,
+    StoreWriter,
+    load_cursor,
+    open_store,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def paths(tmp_path):
+    return {kind: tmp_path / "ioc" / f"{kind}.db" for kind in STORE_KINDS}
+
+
+def _row(uuid, value, **extra):
+    row = {"attribute_uuid": uuid, "value": value, "subtype": "ip", "source": "misp"}
+    return row | extra
+
+
+def _write(paths, rows_by_kind, *, run_id=1, cursor=None):
+    with StoreWriter(paths, run_id=run_id) as writer:
+        for kind, rows in rows_by_kind.items():
+            for row in rows:
+                writer.upsert(kind, row)
+        if cursor is not None:
+            writer.set_meta("cursor", cursor)
+        return writer.commit()
+
+
+def test_open_store_migrates_an_empty_file_to_the_current_schema(tmp_path):
+    """A zero-byte file gets every migration and the current user_version."""
+    path = tmp_path / "new" / "ip.db"
+    path.parent.mkdir()
+    path.touch()
+
+    conn = open_store(path)
+
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert {"indicator", "meta", "indicator_value"} <= tables
+    conn.close()
+
+
+def test_open_store_creates_parent_and_file_readable_by_group_only(tmp_path):
+    """A new database file is created 0640 under a created parent directory."""
+    path = tmp_path / "a" / "b" / "hash.db"
+
+    open_store(path).close()
+
+    assert os.stat(path).st_mode & 0o777 == 0o640
+
+
+def test_reopening_a_migrated_store_keeps_its_rows(paths):
+    """Migrations run once; a second open leaves the content alone."""
+    _write(paths, {"ip": [_row("u1", "192.0.2.10")]})
+
+    open_store(paths["ip"]).close()
+
+    with StoreReader(paths) as reader:
+        assert [r["attribute_uuid"] for r in reader.contexts("ip", "192.0.2.10")] == [
+            "u1"
+        ]
+
+
+def test_reader_names_the_missing_database_and_creates_nothing(paths):
+    """A read-only open of a missing database fails clearly and creates no file."""
+    with pytest.raises(StoreUnavailable) as caught:
+        StoreReader(paths)
+
+    assert str(paths["ip"]) in str(caught.value)
+    assert not paths["ip"].exists()
+
+
+def test_reader_refuses_a_database_of_another_schema_version(paths):
+    """An unmigrated database is reported instead of read with a wrong schema."""
+    _write(paths, {})
+    conn = sqlite3.connect(paths["url"])
+    conn.execute("PRAGMA user_version = 0")
+    conn.close()
+
+    with pytest.raises(StoreUnavailable) as caught:
+        StoreReader(paths)
+
+    assert "schema version 0" in str(caught.value)
+
+
+def test_upsert_update_and_delete_change_rows_and_generation(paths):
+    """Inserts and real updates bump the generation; an unchanged re-pull does not."""
+    _write(paths, {"ip": [_row("u1", "192.0.2.10", tags=["tlp:white"])]})
+    with StoreReader(paths) as reader:
+        first = reader.generation()
+
+        unchanged = _write(
+            paths, {"ip": [_row("u1", "192.0.2.10", tags=["tlp:white"])]}
+        )
+        after_repull = reader.generation()
+        changed = _write(paths, {"ip": [_row("u1", "192.0.2.11")]})
+        after_update = reader.generation()
+        rows_old = reader.contexts("ip", "192.0.2.10")
+        rows_new = reader.contexts("ip", "192.0.2.11")
+
+    assert unchanged["ip"] is False and after_repull == first
+    assert changed["ip"] is True and after_update != first
+    assert rows_old == [] and rows_new[0]["tags"] == []
+
+
+def test_contexts_return_every_misp_context_of_a_value(paths):
+    """The same value in two events gives two rows with their own context."""
+    rows = [
+        _row("u1", "192.0.2.10", event_id="1", tags=["a"], to_ids=True),
+        _row("u2", "192.0.2.10", event_id="2", tags=["b", "c"], to_ids=0),
+    ]
+    _write(paths, {"ip": rows})
+
+    with StoreReader(paths) as reader:
+        found = reader.contexts("ip", ["192.0.2.10", "192.0.2.99"])
+
+    assert [(r["event_id"], r["tags"], r["to_ids"]) for r in found] == [
+        ("1", ["a"], True),
+        ("2", ["b", "c"], False),
+    ]
+
+
+def test_stored_at_is_kept_while_the_row_is_unchanged(paths):
+    """A re-pulled unchanged row keeps its first stored_at (replay uses it)."""
+    _write(paths, {"hash": [_row("u1", "ab" * 16, stored_at=1000)]})
+
+    _write(paths, {"hash": [_row("u1", "ab" * 16, stored_at=2000)]})
+    with StoreReader(paths) as reader:
+        kept = reader.contexts("hash", "ab" * 16)[0]["stored_at"]
+    _write(paths, {"hash": [_row("u1", "cd" * 16, stored_at=3000)]})
+    with StoreReader(paths) as reader:
+        moved = reader.contexts("hash", "cd" * 16)[0]["stored_at"]
+
+    assert (kept, moved) == (1000, 3000)
+
+
+def test_reconcile_deletes_only_unseen_rows_of_the_same_source(paths):
+    """Rows a run did not see go; rows seen, or of another source, stay."""
+    _write(
+        paths,
+        {
+            "domain": [
+                _row("u1", "evil.example", subtype="domain"),
+                _row("u2", "c2.bad.test", subtype="hostname"),
+                _row("u3", "other.example", subtype="domain", source="feed:x"),
+            ]
+        },
+        run_id=1,
+    )
+
+    with StoreWriter(paths, run_id=2) as writer:
+        writer.upsert("domain", _row("u1", "evil.example", subtype="domain"))
+        not_seen = writer.count_not_seen("domain", 2, "misp")
+        deleted = writer.delete_not_seen("domain", 2, "misp")
+        writer.commit()
+    with StoreReader(paths) as reader:
+        counts = reader.counts()
+
+    assert (not_seen, deleted) == (1, 1)
+    assert counts["domain"] == {"misp": 1, "feed:x": 1}
+
+
+def test_mark_seen_and_delete_uuids_work_without_rewriting_rows(paths):
+    """mark_seen protects a row from reconcile; delete_uuids removes by uuid."""
+    _write(paths, {"url": [_row("u1", "http://a.test/", subtype="url")]}, run_id=1)
+    _write(paths, {"url": [_row("u2", "http://b.test/", subtype="url")]}, run_id=1)
+
+    with StoreWriter(paths, run_id=5) as writer:
+        writer.mark_seen("url", ["u1"])
+        removed = writer.delete_uuids("url", ["u2", "missing"])
+        left_unseen = writer.count_not_seen("url", 5, "misp")
+        writer.commit()
+
+    assert (removed, left_unseen) == (1, 0)
+
+
+def test_effective_cursor_is_the_minimum_over_the_four_databases(paths):
+    """A crash between commits leaves one database behind; the minimum re-pulls."""
+    _write(paths, {}, cursor=2000)
+    conn = sqlite3.connect(paths["hash"])
+    conn.execute("UPDATE meta SET value = '1500' WHERE key = 'cursor'")
+    conn.commit()
+    conn.close()
+
+    with StoreReader(paths) as reader:
+        cursor = reader.meta("cursor")
+
+    assert cursor == 1500
+    assert load_cursor(paths) == 1500
+
+
+def test_load_cursor_is_none_for_a_fresh_or_partial_store(paths):
+    """No databases, or one missing, means no cursor: a full pull."""
+    fresh = load_cursor(paths)
+    _write(paths, {}, cursor=2000)
+    paths["url"].unlink()
+
+    assert fresh is None
+    assert load_cursor(paths) is None
+
+
+def test_exception_inside_writer_rolls_every_database_back(paths):
+    """An error mid-run leaves the previous content of all four databases."""
+    _write(paths, {"ip": [_row("u1", "192.0.2.10")]}, cursor=100)
+
+    with pytest.raises(RuntimeError), StoreWriter(paths, run_id=2) as writer:
+        writer.upsert("ip", _row("u9", "192.0.2.99"))
+        writer.set_meta("cursor", 200)
+        raise RuntimeError("broken page")
+
+    with StoreReader(paths) as reader:
+        assert reader.contexts("ip", "192.0.2.99") == []
+        assert reader.meta("cursor") == 100
+
+
+def test_reader_sees_old_state_during_a_write_and_waits_under_100_ms(paths):
+    """A reader is neither blocked nor shown uncommitted rows by an open writer."""
+    _write(paths, {"ip": [_row("u1", "192.0.2.10")]})
+    writer = StoreWriter(paths, run_id=2)
+    for n in range(5000):
+        writer.upsert("ip", _row(f"n{n}", f"198.51.100.{n % 250}"))
+    writer.delete_uuids("ip", ["u1"])
+
+    started = time.monotonic()
+    with StoreReader(paths) as reader:
+        rows = reader.contexts("ip", "192.0.2.10")
+        counts = reader.counts()
+        generation = reader.generation()
+    waited_ms = (time.monotonic() - started) * 1000
+    writer.rollback()
+
+    assert [r["attribute_uuid"] for r in rows] == ["u1"]
+    assert counts["ip"] == {"misp": 1} and generation[0] == 1
+    assert waited_ms < 100
+
+
+_KILLED_WRITER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from sync.store import STORE_KINDS, StoreWriter
+
+    paths = {k: Path(sys.argv[1]) / f"{k}.db" for k in STORE_KINDS}
+    writer = StoreWriter(paths, run_id=9)
+    for n in range(20000):
+        writer.upsert("hash", {"attribute_uuid": f"k{n}", "value": f"{n:032x}",
+                               "subtype": "md5", "source": "misp"})
+    writer.set_meta("cursor", 999)
+    writer._flush("hash")
+    print("ready", flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+def test_writer_killed_mid_transaction_leaves_the_previous_content(paths):
+    """SIGKILL during a write keeps the old rows and cursor; the next writer works."""
+    _write(paths, {"hash": [_row("h1", "ab" * 16, subtype="md5")]}, cursor=100)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(paths["ip"].parent)],
+        cwd=REPO_ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout.readline().strip() == "ready"
+
+    child.send_signal(signal.SIGKILL)
+    child.wait(10)
+    with StoreReader(paths) as reader:
+        counts, cursor = reader.counts(), reader.meta("cursor")
+    _write(paths, {"hash": [_row("h2", "cd" * 16, subtype="md5")]}, run_id=10)
+
+    assert child.returncode == -signal.SIGKILL
+    assert counts["hash"] == {"misp": 1} and cursor == 100
+    assert load_cursor(paths) == 100
