@@ -51,8 +51,14 @@ class SecretFilter(logging.Filter):
         if not _secrets:
             return True
 
-        # Render once, then drop the args: a secret may hide in either.
-        record.msg = mask_secrets(record.getMessage())
+        # Render once, then drop the args: a secret may hide in either. A
+        # record whose args do not fit its format is left to the handler's
+        # own error report rather than raised into the caller.
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            return True
+        record.msg = mask_secrets(message)
         record.args = None
 
         if record.exc_info and not record.exc_text:

@@ -6,7 +6,14 @@ import logging
 
 import pytest
 
-from sync.logs import RateLimited, kv, mask_secrets, register_secret, setup_logging
+from sync.logs import (
+    RateLimited,
+    SecretFilter,
+    kv,
+    mask_secrets,
+    register_secret,
+    setup_logging,
+)
 
 SECRET = "Sx9fK2pLq8Vw3Nz7Rt1Yb5Hc4Jd6Gm0EaUoIiQe"
 
@@ -90,6 +97,19 @@ def test_registered_secret_is_masked_in_message_args_and_traceback(
     assert SECRET not in err
     assert err.count("********") == 3
     assert "RuntimeError: server echoed ********" in err
+
+
+def test_filter_leaves_record_with_mismatched_args_to_logging() -> None:
+    """A broken log call does not raise from the mask filter into the caller."""
+    register_secret(SECRET)
+    record = logging.LogRecord(
+        "sync.probe", logging.INFO, __file__, 1, "two %s %s", ("one",), None
+    )
+
+    kept = SecretFilter().filter(record)
+
+    assert kept is True
+    assert record.args == ("one",)
 
 
 def test_short_strings_are_not_registered_as_secrets() -> None:
