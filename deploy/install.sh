@@ -168,6 +168,15 @@ put_user_file() {
     set_owner "$owner" "$dst"
 }
 
+# The environment file holds the API key; an old one may be world-readable.
+check_env_mode() {
+    local mode
+    mode=$(stat -c %a "$(at "$ENV_FILE")")
+    if ((8#$mode & 8#007)); then
+        note "$ENV_FILE is readable by every user (mode $mode) and may hold the API key; expected: chown root:wazuh, chmod 0640"
+    fi
+}
+
 rules_sources() {
     local found=()
     shopt -s nullglob
@@ -203,6 +212,7 @@ install_files() {
     local unit src
     put_user_file "$DEPLOY_DIR/config.example.yaml" "$ETC_DIR/config.yaml" 0640 root:wazuh
     put_user_file "$DEPLOY_DIR/misp-ioc-sync.env" "$ENV_FILE" 0640 root:wazuh
+    check_env_mode
     for unit in "${UNITS[@]}"; do
         put_file "$DEPLOY_DIR/systemd/$unit" "$UNIT_DIR/$unit" 0644 root:root
     done

@@ -147,6 +147,7 @@ def test_install_never_overwrites_user_config_or_env_file(manager: Path) -> None
     """An existing config.yaml and /etc/default/misp-ioc-sync stay as they are."""
     old_env = (DATA / "old-misp-ioc-sync.env").read_bytes()
     (manager / "etc/default/misp-ioc-sync").write_bytes(old_env)
+    (manager / "etc/default/misp-ioc-sync").chmod(0o644)
     (manager / "etc/wazuh-misp-ioc").mkdir()
     (manager / "etc/wazuh-misp-ioc/config.yaml").write_text("tailer:\n  min_level: 7\n")
 
@@ -156,6 +157,7 @@ def test_install_never_overwrites_user_config_or_env_file(manager: Path) -> None
     config = (manager / "etc/wazuh-misp-ioc/config.yaml").read_text()
     assert config == "tailer:\n  min_level: 7\n"
     assert "kept existing /etc/default/misp-ioc-sync" in done.stdout
+    assert "readable by every user (mode 644)" in done.stdout
 
 
 def test_install_points_at_the_old_integratord_hook_and_duplicate_rule(
