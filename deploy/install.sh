@@ -349,6 +349,9 @@ check_sources() {
     [[ -f $REPO_DIR/rules/localfile.xml ]] || die "rules: $REPO_DIR/rules/localfile.xml missing; expected the <localfile> block of this package"
     [[ -d $(at "$RULES_DIR") ]] || die "rules: $RULES_DIR missing; expected a Wazuh manager installation"
     [[ -f $(at "$OSSEC_CONF") ]] || die "ossec.conf: $OSSEC_CONF missing; expected a Wazuh manager installation"
+    if ((LIVE)) && ! id wazuh >/dev/null 2>&1; then
+        die "user wazuh: missing; expected a Wazuh manager installation"
+    fi
 }
 
 do_install() {
