@@ -86,7 +86,8 @@ def publish_report(cfg: Any, report: SyncReport, *, now: float) -> None:
     if report.result == "failed":
         level = logging.ERROR
     log.log(level, kv("sync_done", **report.summary_fields()))
-    if report.result != "failed" and report.pulled == 0 and report.indicators == 0:
+    stored_nothing = not sum(report.stored.values()) and not report.indicators
+    if report.result != "failed" and stored_nothing:
         log.warning(
             kv(
                 "sync_matched_nothing",
