@@ -5,12 +5,28 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import subprocess
+import sys
+import time
 from datetime import date
 from pathlib import Path
 
+import orjson
 import pytest
 
-from tailer.replay import ArchiveError, find_pieces, parse_piece, read_lines
+from sync.config import load_config
+from tailer.replay import ArchiveError, find_pieces, parse_piece, read_lines, retrohunt
+from tests.alert_writer import AnalysisdWriter
+from tests.test_service import (
+    HIT_IP,
+    PLANTED,
+    REPO,
+    alert_line,
+    clean_environ,
+    plant_indicators,
+    store_paths_in,
+    write_config,
+)
 
 DATA = Path(__file__).parent / "data" / "replay"
 
@@ -126,3 +142,114 @@ def test_plain_piece_drops_trailing_fragment_without_newline(tmp_path):
     path.write_bytes(b'{"a":1}\n{"b":2}\n{"c":')
 
     assert list(read_lines(path)) == [b'{"a":1}', b'{"b":2}']
+
+
+# -- golden outputs of `wazuh-ioc-tailer replay` ------------------------------------
+
+
+@pytest.fixture
+def replay_world(tmp_path, archive):
+    (tmp_path / "store").mkdir()
+    plant_indicators(store_paths_in(tmp_path / "store"), PLANTED)
+    return tmp_path, write_config(tmp_path)
+
+
+def replay_cli(config: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tailer.cli", "replay", "--config", str(config), *args],
+        cwd=REPO,
+        env=clean_environ(),
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def test_replay_of_archive_tree_matches_golden_output(replay_world, archive):
+    _, config = replay_world
+
+    result = replay_cli(config, str(archive))
+
+    expected = (DATA / "expected-default.jsonl").read_bytes()
+    assert result.stdout.decode().splitlines() == expected.decode().splitlines()
+    assert result.returncode == 1
+    stderr = result.stderr.decode()
+    assert "ossec-alerts-02.json.gz: truncated gzip at uncompressed offset" in stderr
+    assert "replay files=5 errors=1" in stderr
+    assert "bad_lines=1" in stderr
+
+
+def test_replay_with_one_job_writes_the_same_output(replay_world, archive):
+    _, config = replay_world
+
+    one = replay_cli(config, "--jobs", "1", str(archive))
+    two = replay_cli(config, "--jobs", "2", str(archive))
+
+    assert one.stdout == two.stdout
+    assert one.stdout.count(b"\n") >= 40
+
+
+def test_replay_time_window_skips_files_and_alerts_outside_it(replay_world, archive):
+    _, config = replay_world
+    window = ("--since", "2026-12-01T16:28:15+00:00", "--until", "2026-12-02T23:59:59Z")
+
+    result = replay_cli(config, *window, "--all-levels", "--jobs", "1", str(archive))
+
+    expected = (DATA / "expected-window.jsonl").read_bytes()
+    assert result.stdout.decode().splitlines() == expected.decode().splitlines()
+    assert "replay files=3 " in result.stderr.decode()
+
+
+def test_replay_output_file_and_no_progress_without_tty(replay_world, archive):
+    root, config = replay_world
+    target = root / "hits.jsonl"
+
+    result = replay_cli(config, "--output", str(target), str(archive / "2026/Dec"))
+
+    assert result.stdout == b""
+    assert target.read_bytes().count(b"\n") == result.stderr.count(b"\r") + 41
+    assert b"\r" not in result.stderr
+
+
+def test_replay_marks_every_enrichment_as_replayed(replay_world, archive):
+    _, config = replay_world
+
+    result = replay_cli(config, str(archive / "2026/Dec/ossec-alerts-01.json.gz"))
+
+    records = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert records
+    assert all(record["ioc"]["replay"] == "true" for record in records)
+    assert result.returncode == 0
+
+
+# -- retro-hunt ------------------------------------------------------------------------
+
+
+def test_retrohunt_reports_new_indicator_hits_once_and_not_old_ones(tmp_path):
+    (tmp_path / "store").mkdir()
+    paths = store_paths_in(tmp_path / "store")
+    old = {"type": "ip-src", "value": HIT_IP, "uuid": "old-1", "to_ids": True}
+    plant_indicators(paths, [old])
+    config_path = write_config(tmp_path, sync={"retrohunt_days": 2})
+    cfg = load_config(path=config_path, env={})
+    new_ip = "198.51.100.202"
+    with AnalysisdWriter(tmp_path / "alerts", flush_interval_s=None) as writer:
+        writer.write(alert_line(1, HIT_IP))
+        writer.write(alert_line(2, new_ip))
+        writer.rotate()
+        writer.write(alert_line(3, new_ip))
+    output = Path(cfg.output.path)
+    output.write_bytes(b"")
+
+    time.sleep(1.1)
+    since = int(time.time())
+    new = {"type": "ip-dst", "value": new_ip, "uuid": "new-1", "to_ids": True}
+    plant_indicators(paths, [new])
+    first = retrohunt(cfg, since)
+    second = retrohunt(cfg, since)
+
+    records = [orjson.loads(line) for line in output.read_bytes().splitlines()]
+    assert first == 2
+    assert second == 0
+    assert [r["alert"]["id"] for r in records] == ["1796342399.2", "1796342399.3"]
+    assert {r["ioc"]["indicator"] for r in records} == {new_ip}
+    assert all(r["ioc"]["replay"] == "true" for r in records)
