@@ -112,6 +112,12 @@ def normalize_ip(text: str) -> str:
     """Return the canonical text of one address; raise ``InvalidValue``."""
     if _PLAIN_IPV4.fullmatch(text):
         return text
+    return _normalize_ip_cached(text)
+
+
+@functools.lru_cache(maxsize=65536)
+def _normalize_ip_cached(text: str) -> str:
+    # Parsing IPv6 text is slow and alerts repeat the same addresses.
     return _parse_address(text).compressed
 
 

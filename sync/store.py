@@ -483,10 +483,15 @@ class StoreReader:
         marks = ", ".join("?" * len(values))
         sql = f"SELECT * FROM indicator WHERE value IN ({marks})"
         " ORDER BY attribute_timestamp, attribute_uuid"
-        with self._lock:
-            cursor = self._conns[kind].execute(sql, values)
-            columns = [d[0] for d in cursor.description]
-            return [_context(columns, row) for row in cursor.fetchall()]
+        try:
+            with self._lock:
+                cursor = self._conns[kind].execute(sql, values)
+                columns = [d[0] for d in cursor.description]
+                rows = cursor.fetchall()
+        except sqlite3.Error as err:
+            path = self.paths[kind]
+            raise StoreUnavailable(f"store {path}: read failed ({err})") from err
+        return [_context(columns, row) for row in rows]
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Return the number of rows per kind and source."""
