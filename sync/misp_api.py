@@ -127,7 +127,10 @@ class MispClient:
         self.retry_after_max_s = retry_after_max_s
         self._sleep = sleep
         self._session = _build_session(self._secret, user_agent)
-        self._session.verify = (ca_bundle or True) if verify_tls else False
+        # Passed with every request: requests lets REQUESTS_CA_BUNDLE override a
+        # session-level setting, which would turn verification back on or swap
+        # the configured bundle.
+        self._verify: bool | str = (ca_bundle or True) if verify_tls else False
         self._reset_counts()
 
     @classmethod
@@ -277,6 +280,7 @@ class MispClient:
                     self.url + RESTSEARCH_PATH,
                     data=body,
                     timeout=self.timeout_s,
+                    verify=self._verify,
                     stream=True,
                     allow_redirects=False,
                 )
@@ -298,7 +302,7 @@ class MispClient:
     @contextlib.contextmanager
     def _tls_warning_filter(self) -> Iterator[None]:
         with warnings.catch_warnings():
-            if self._session.verify is False and self.suppress_tls_warning:
+            if self._verify is False and self.suppress_tls_warning:
                 warnings.simplefilter("ignore", InsecureRequestWarning)
             yield
 
