@@ -30,7 +30,7 @@ from typing import Any
 from sync.store import StoreError, StoreReader, store_paths
 from tailer.enrich import build_enrichment, encode_enrichment
 from tailer.match import IndicatorIndex
-from tailer.output import EnrichmentWriter
+from tailer.output import EnrichmentWriter, dedup_key
 from tailer.pipeline import build_pipeline, match_alert_line
 from tailer.stats import Counts, Progress, format_summary
 
@@ -365,6 +365,7 @@ class HitSink:
         self.writer: EnrichmentWriter | None = None
         self.stream = None
         self.written = 0
+        self.keys: set[str] = set()
         if options.emit:
             self.writer = EnrichmentWriter(
                 cfg.output.path,
@@ -383,6 +384,11 @@ class HitSink:
                 if self.writer.write_hit(alert, hit, replay=True) == "written":
                     self.written += 1
                 continue
+            # The same key the live writer uses: one line per alert and indicator.
+            key = dedup_key(alert.get("id"), hit.kind, hit.indicator)
+            if key in self.keys:
+                continue
+            self.keys.add(key)
             record = build_enrichment(alert, hit, replay=True)
             self.stream.write(encode_enrichment(record, self.max_line_bytes))
             self.written += 1
