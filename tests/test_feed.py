@@ -3,6 +3,8 @@
 import functools
 import http.server
 import json
+import shutil
+import sqlite3
 import threading
 from collections import Counter
 from pathlib import Path
@@ -14,7 +16,9 @@ from sync.feed import (
     FeedReader,
     feed_name_from_location,
     rows_from_feed_event,
+    run_feed_sync,
 )
+from tests.test_sync_engine import make_cfg, stored_values
 
 INFOBLOX = Path(__file__).parent / "data" / "feeds" / "infoblox"
 
@@ -134,3 +138,179 @@ def test_feed_name_is_the_last_path_segment():
     assert feed_name_from_location("https://x.test/indicators/misp/") == "misp"
     assert feed_name_from_location(str(INFOBLOX)) == "infoblox"
     assert feed_name_from_location("https://feeds.test") == "feeds.test"
+
+
+# ---------------------------------------------------------------- feed sync
+
+KIND_OF_TYPE = {
+    "domain": "domain",
+    "ip-dst": "ip",
+    "sha256": "hash",
+    "url": "url",
+    "filename|sha256": "hash",
+}
+
+
+def expected_kind_counts(feed_dir: Path) -> tuple[Counter, int]:
+    """Per kind, the to_ids attributes a correct sync must store; and the rest.
+
+    Computed from the files alone: a url needs a scheme and a filename|hash
+    needs its `|` - real feed rows that break those rules are counted apart.
+    """
+    stored, malformed = Counter(), 0
+    for path in feed_dir.glob("*-*.json"):
+        for attribute in json.loads(path.read_text())["Event"]["Attribute"]:
+            misp_type, value = attribute["type"], attribute["value"]
+            if not attribute.get("to_ids") or attribute.get("deleted"):
+                continue
+            if (misp_type == "url" and "://" not in value) or (
+                "|" in misp_type and "|" not in value
+            ):
+                malformed += 1
+                continue
+            stored[KIND_OF_TYPE[misp_type]] += 1
+    return stored, malformed
+
+
+def copy_feed(tmp_path: Path) -> Path:
+    target = tmp_path / "infoblox"
+    shutil.copytree(INFOBLOX, target)
+    return target
+
+
+def write_manifest(feed_dir: Path, manifest: dict) -> None:
+    (feed_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_feed_sync_stores_counts_per_kind_computed_from_the_files(tmp_path):
+    cfg = make_cfg(tmp_path, "")
+    expected, malformed = expected_kind_counts(INFOBLOX)
+
+    report = run_feed_sync(cfg, str(INFOBLOX))
+
+    assert (report.mode, report.result, report.source) == ("feed", "ok", "infoblox")
+    assert report.stored == dict(expected)
+    assert expected == {"domain": 255, "ip": 70, "hash": 15, "url": 5}
+    assert sum(report.skipped.values()) == malformed == 3
+    assert stored_values(tmp_path / "store", "url") >= {"https://t.co/YbupnnMAtX"}
+
+
+def test_feed_rows_keep_event_uuid_and_info_without_ids(tmp_path):
+    run_feed_sync(make_cfg(tmp_path, ""), str(INFOBLOX))
+
+    with sqlite3.connect(tmp_path / "store" / "domains.db") as conn:
+        row = conn.execute(
+            "SELECT event_uuid, event_info, attribute_id, source, tags"
+            " FROM indicator WHERE value = 'comalign.pro'"
+        ).fetchone()
+    assert row[:4] == (
+        "0dbb179a-1c8c-4e7c-a264-2440414dbac8",
+        "volta_stealer_20260629_iocs",
+        None,
+        "infoblox",
+    )
+    assert "tlp:clear" in json.loads(row[4])
+
+
+def test_unchanged_feed_is_not_fetched_again(tmp_path):
+    cfg = make_cfg(tmp_path, "")
+    run_feed_sync(cfg, str(INFOBLOX))
+
+    again = run_feed_sync(cfg, str(INFOBLOX))
+
+    assert (again.result, again.pages, again.pulled) == ("ok", 0, 0)
+    assert again.indicators == 345
+
+
+def test_event_that_left_the_manifest_is_removed(tmp_path):
+    feed = copy_feed(tmp_path)
+    cfg = make_cfg(tmp_path, "")
+    run_feed_sync(cfg, str(feed))
+    manifest = json.loads((feed / "manifest.json").read_text())
+    del manifest["dad88707-beb8-4a14-94e2-5ffecf5a5f85"]
+    write_manifest(feed, manifest)
+
+    report = run_feed_sync(cfg, str(feed))
+
+    assert report.removed["domain"] == 6
+    assert report.indicators == 345 - 6
+
+
+def test_new_event_version_drops_gone_and_deleted_attributes(tmp_path):
+    feed = copy_feed(tmp_path)
+    cfg = make_cfg(tmp_path, "")
+    run_feed_sync(cfg, str(feed))
+    uuid = "dad88707-beb8-4a14-94e2-5ffecf5a5f85"
+    path = feed / f"{uuid}.json"
+    document = json.loads(path.read_text())
+    attributes = document["Event"]["Attribute"]
+    gone, deleted, untagged = attributes[0], attributes[1], attributes[2]
+    deleted["deleted"] = True
+    untagged["to_ids"] = False
+    document["Event"]["Attribute"] = attributes[1:]
+    path.write_text(json.dumps(document))
+    manifest = json.loads((feed / "manifest.json").read_text())
+    manifest[uuid]["timestamp"] += 10
+    write_manifest(feed, manifest)
+
+    report = run_feed_sync(cfg, str(feed))
+
+    with sqlite3.connect(tmp_path / "store" / "domains.db") as conn:
+        kept = {r[0] for r in conn.execute("SELECT attribute_uuid FROM indicator")}
+    assert report.pages == 1
+    assert report.removed["domain"] == 3
+    assert not {gone["uuid"], deleted["uuid"], untagged["uuid"]} & kept
+    assert attributes[3]["uuid"] in kept
+
+
+def test_emptied_manifest_is_refused_unless_forced(tmp_path):
+    feed = copy_feed(tmp_path)
+    cfg = make_cfg(tmp_path, "")
+    run_feed_sync(cfg, str(feed))
+    write_manifest(feed, {})
+
+    refused = run_feed_sync(cfg, str(feed))
+    forced = run_feed_sync(cfg, str(feed), force=True)
+
+    assert refused.result == "incomplete" and refused.indicators == 345
+    assert forced.result == "ok" and forced.indicators == 0
+
+
+def test_unreadable_event_file_makes_the_run_incomplete_and_is_retried(tmp_path):
+    feed = copy_feed(tmp_path)
+    broken = feed / "dad88707-beb8-4a14-94e2-5ffecf5a5f85.json"
+    saved = broken.read_bytes()
+    broken.write_text("{oops")
+    cfg = make_cfg(tmp_path, "")
+
+    first = run_feed_sync(cfg, str(feed))
+    broken.write_bytes(saved)
+    second = run_feed_sync(cfg, str(feed))
+
+    assert first.result == "incomplete" and first.skipped["event_unreadable"] == 1
+    assert first.indicators == 345 - 6
+    assert (second.result, second.pages, second.indicators) == ("ok", 1, 345)
+
+
+def test_feed_over_http_syncs_like_the_directory(tmp_path, feed_http):
+    report = run_feed_sync(make_cfg(tmp_path, ""), feed_http, name="infoblox-http")
+
+    assert report.source == "infoblox-http"
+    assert report.stored == dict(expected_kind_counts(INFOBLOX)[0])
+
+
+def test_feed_honours_the_tag_filter(tmp_path):
+    cfg = make_cfg(tmp_path, "", misp__tags=["tlp:clear"])
+
+    report = run_feed_sync(cfg, str(INFOBLOX))
+
+    clear_hashes = sum(
+        1
+        for path in INFOBLOX.glob("*-*.json")
+        for event in [json.loads(path.read_text())["Event"]]
+        if "tlp:clear" in {t["name"] for t in event["Tag"]}
+        for attribute in event["Attribute"]
+        if attribute["type"] == "sha256"
+    )
+    assert report.skipped["tag_filter"] > 0
+    assert report.stored["hash"] == clear_hashes == 4
