@@ -680,15 +680,29 @@ SYNTHETIC_ROW = (
     '"category":"%s","type":"%s","to_ids":true,"uuid":"%08x-5e7d-4000-8000-%012x",'
     '"timestamp":"%d","distribution":"5","sharing_group_id":"0","comment":"",'
     '"deleted":false,"disable_correlation":false,"first_seen":null,"last_seen":null,'
-    '"value":"%s","Event":%s}'
+    '"value":"%s",%s}'
 )
+SYNTHETIC_EVENT_UUID = "%08x-5e7e-4000-8000-%012x"
 SYNTHETIC_EVENT = (
     '{"org_id":"1","distribution":"3","publish_timestamp":"%d","id":"%d",'
-    '"info":"Synthetic event %d","orgc_id":"1","uuid":"%08x-5e7e-4000-8000-%012x"}'
+    '"info":"Synthetic event %d","orgc_id":"1","uuid":"%s"}'
+)
+SYNTHETIC_CONTEXT_EVENT = (
+    '{"id":"%d","orgc_id":"1","org_id":"1","date":"%s","threat_level_id":"3",'
+    '"info":"Synthetic event %d","published":true,"uuid":"%s","analysis":"2",'
+    '"timestamp":"%d","distribution":"3","publish_timestamp":"%d",'
+    '"sharing_group_id":"0","extends_uuid":"","Tag":[{"local":false,"id":"1",'
+    '"name":"tlp:white","colour":"#ffffff","numerical_value":null}],'
+    '"Orgc":{"id":"1","name":"SYNTHETIC","uuid":"00000001-5e7f-4000-8000-000000000000"}}'
+)
+SYNTHETIC_EVENT_TAGS = (
+    ',"Tag":[{"id":"1","name":"tlp:white","colour":"#ffffff",'
+    '"numerical_value":null,"inherited":1}]'
 )
 SYNTHETIC_PARAMS = frozenset(
     "returnFormat limit page order timestamp attribute_timestamp to_ids deleted "
-    "published type enforceWarninglist".split()
+    "published type tags enforceWarninglist includeEventTags includeContext "
+    "includeEventUuid includeAttributeUuid".split()
 )
 ROWS_PER_CHUNK = 2000
 
@@ -698,7 +712,8 @@ class _Synthetic:
 
     Row i (id i+1) has type SYNTHETIC_TYPES[i % 5], timestamp
     ``base_timestamp + i // rows_per_second`` (so timestamp filters map to an id
-    range) and belongs to event ``i // per_event + 1``. Every 1000th row is a /24.
+    range) and belongs to event ``i // per_event + 1``, published and tagged
+    ``tlp:white``. Every 1000th row is a /24. All rows are to_ids, none deleted.
     """
 
     def __init__(
@@ -726,16 +741,37 @@ class _Synthetic:
     def timestamp(self, index: int) -> int:
         return self.base_timestamp + index // self.rows_per_second
 
-    def render(self, index: int, event_block: str) -> str:
+    def render(self, index: int, event_tail: str) -> str:
         kind = SYNTHETIC_TYPES[index % 5]
         return SYNTHETIC_ROW % (
             index + 1, index // self.per_event + 1, SYNTHETIC_CATEGORY[kind], kind,
-            index, self.seed, self.timestamp(index), self.value(index), event_block,
+            index, self.seed, self.timestamp(index), self.value(index), event_tail,
         )  # fmt: skip
 
-    def event_block(self, event_id: int) -> str:
-        publish = self.timestamp(min(event_id * self.per_event, self.count) - 1)
-        return SYNTHETIC_EVENT % (publish, event_id, event_id, event_id, self.seed)
+    def event_tail(self, event_id: int, params: dict[str, Any]) -> str:
+        """Everything after ``value`` for rows of one event, per the options."""
+        last_stamp = self.timestamp(min(event_id * self.per_event, self.count) - 1)
+        uuid = SYNTHETIC_EVENT_UUID % (event_id, self.seed)
+        if _is_truthy(params.get("includeContext")):
+            day = datetime.fromtimestamp(last_stamp, UTC).date().isoformat()
+            block = SYNTHETIC_CONTEXT_EVENT % (
+                event_id,
+                day,
+                event_id,
+                uuid,
+                last_stamp,
+                last_stamp,
+            )
+        else:
+            block = SYNTHETIC_EVENT % (last_stamp, event_id, event_id, uuid)
+        tail = '"Event":' + block
+        if _is_truthy(params.get("includeEventUuid")) or _is_truthy(
+            params.get("includeAttributeUuid")
+        ):
+            tail = f'"event_uuid":"{uuid}",' + tail
+        if _is_truthy(params.get("includeEventTags")):
+            tail += SYNTHETIC_EVENT_TAGS
+        return tail
 
     def index_range(self, params: dict[str, Any], now: int) -> range:
         """Indexes that pass the filters, in id order."""
@@ -759,7 +795,9 @@ class _Synthetic:
         deleted = _bool_set(params.get("deleted"), absent={False})
         to_ids = _bool_set(params.get("to_ids"), absent={True})
         published = _bool_set(params.get("published"), absent={True})
-        return False in deleted and True in to_ids and True in published
+        tags = params.get("tags")
+        tagged = tags in (None, "", []) or _match_terms(tags, ["tlp:white"])
+        return False in deleted and True in to_ids and True in published and tagged
 
     def check_params(self, params: dict[str, Any]) -> None:
         for name, value in params.items():
@@ -791,16 +829,17 @@ class _Synthetic:
             raise HttpError(501, "emulator: only Attribute.id order in scale mode")
         return _affine_shuffle(selected, shuffle_seed)
 
-    def chunks(self, indexes: Iterator[int]) -> Iterator[bytes]:
+    def chunks(self, indexes: Iterator[int], params: dict) -> Iterator[bytes]:
         """The framed body, a few thousand records at a time."""
         yield b'{"response": {"Attribute": ['
-        cached_event, cached_block, first = -1, "", True
+        cached_event, cached_tail, first = -1, "", True
         batch: list[str] = []
         for index in indexes:
             event_id = index // self.per_event + 1
             if event_id != cached_event:
-                cached_event, cached_block = event_id, self.event_block(event_id)
-            batch.append(self.render(index, cached_block))
+                cached_event = event_id
+                cached_tail = self.event_tail(event_id, params)
+            batch.append(self.render(index, cached_tail))
             if len(batch) >= ROWS_PER_CHUNK:
                 yield ("" if first else ",").encode() + ",".join(batch).encode()
                 first, batch = False, []
@@ -1298,7 +1337,8 @@ class MispEmulator:
             params, self.now(), self._next_shuffle_seed()
         )
         headers = _ok_headers(_result_count(limit, row_count), 0)
-        return _Response(200, headers, chunks=self._synthetic.chunks(indexes))
+        chunks = self._synthetic.chunks(indexes, params)
+        return _Response(200, headers, chunks=chunks)
 
 
 def _ok_headers(result_count: int, skipped_count: int) -> dict[str, str]:

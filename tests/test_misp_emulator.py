@@ -353,3 +353,22 @@ def test_program_prints_its_url_serves_events_and_stops_on_sigterm(tmp_path):
     assert url.startswith("http://127.0.0.1:")
     assert len(response.json()["response"]["Attribute"]) == 1
     assert returncode == 0
+
+
+def test_synthetic_rows_honour_context_and_event_tag_options_and_refuse_the_rest():
+    query = {"includeContext": 1, "includeEventTags": 1, "tags": ["tlp:white"]}
+    wide_types = ["domain", "hostname", "ip-dst", "ip-src", "md5", "sha256", "url"]
+    with MispEmulator.synthetic(2_500, per_event=1000) as misp:
+        found = rows(misp, order="Attribute.id asc", type=wide_types, **query)
+        narrow = search(misp, {"type": ["ip-dst"], "limit": 5})
+        untagged = rows(misp, tags=["!tlp:white"])
+
+    events = {r["Event"]["id"]: r["Event"] for r in found}
+    assert len(found) == 2_500 and sorted(events) == ["1", "2", "3"]
+    inherited = {"id": "1", "name": "tlp:white", "colour": "#ffffff"}
+    inherited |= {"numerical_value": None, "inherited": 1}
+    assert all(e["published"] for e in events.values())
+    assert {e["Tag"][0]["name"] for e in events.values()} == {"tlp:white"}
+    assert all(r["Tag"] == [inherited] for r in found)
+    assert narrow.status_code == 501 and "type filters" in narrow.json()["message"]
+    assert untagged == []
