@@ -132,7 +132,9 @@ def store_paths(cfg: Any) -> dict[str, Path]:
 def open_store(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
     """Open one store database, creating and migrating it unless ``readonly``.
 
-    Readers never create anything and wait at most 100 ms for a lock.
+    Readers never create anything and wait at most 100 ms for a lock. A reader
+    of a WAL database needs its ``-shm`` file, so the tailer's user must be able
+    to write the store directory (or the sync must have left the file there).
     """
     path = Path(path)
     if readonly:

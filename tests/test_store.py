@@ -204,7 +204,10 @@ def test_effective_cursor_is_the_minimum_over_the_four_databases(paths):
     with StoreReader(paths) as reader:
         cursor = reader.meta("cursor")
 
-    assert cursor == 1500
+    with StoreWriter(paths, run_id=2) as writer:
+        in_writer = writer.get_meta("cursor")
+
+    assert cursor == in_writer == 1500
     assert load_cursor(paths) == 1500
 
 
