@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
 STATUS_SAVE_INTERVAL_S = 10.0
+# While busy, a checkpoint (two synced SQLite commits) at most this often; a
+# crash re-reads at most this much, and the output dedup drops the repeats.
+CHECKPOINT_INTERVAL_S = 0.5
 BATCH_BYTES = 1 << 20
 
 ConfigLoader = Callable[[], Any]
@@ -83,6 +86,9 @@ class Service:
         self.writer: EnrichmentWriter | None = None
         self.follower: Follower | None = None
         self.saved: Position | None = None
+        self.saved_at = 0.0
+        self.saved_output: tuple[int, int] | None = None
+        self.unsynced_output = False
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -124,8 +130,10 @@ class Service:
     def shutdown(self) -> None:
         self.notifier.stopping()
         if self.follower is not None:
-            self.save_checkpoint(self.follower.position(), force_status=True)
+            self.save_checkpoint(self.follower.position(), force=True)
             self.follower.close()
+        if self.checkpoint is not None and self.pipeline is not None:
+            self.save_status()
         if self.writer is not None:
             self.writer.close()
         if self.checkpoint is not None:
@@ -170,7 +178,10 @@ class Service:
         )
         if self.checkpoint.load() is not None:
             saved = self.checkpoint.load_counters().get("output", {})
-            writer.recover_tail(saved.get("offset", 0), inode=saved.get("inode"))
+            inode, offset = saved.get("inode"), saved.get("offset", 0)
+            writer.recover_tail(offset, inode=inode)
+            # Until the next checkpoint, the old offset still covers the position.
+            self.saved_output = (inode, offset) if inode is not None else None
         return writer
 
     def open_follower(self) -> Follower:
@@ -185,7 +196,7 @@ class Service:
             poll_interval_s=tailer.poll_interval_s,
         )
         self.follower = follower
-        self.save_checkpoint(follower.position())
+        self.save_checkpoint(follower.position(), force=True)
         return follower
 
     # -- the loop ---------------------------------------------------------------
@@ -212,7 +223,8 @@ class Service:
             self.write_batch(batch)
             self.save_checkpoint(batch.position)
         else:
-            self.save_checkpoint(batch.position or self.follower.position())
+            idle_at = batch.position or self.follower.position()
+            self.save_checkpoint(idle_at, force=True)
             self.follower.wait()
         self.run_periodic()
 
@@ -220,32 +232,42 @@ class Service:
         """Match every line and write its hits; flush before returning."""
         ctx, writer = self.pipeline, self.writer
         path = batch.position.path if batch.position else "-"
-        written_any = False
         for line, end in zip(batch.lines, batch.line_ends, strict=True):
             for alert, hit in match_alert_line(line, ctx, path=path, line_no=end):
                 writer.write_hit(alert, hit)
-                written_any = True
-        writer.flush(fsync=written_any)
+                self.unsynced_output = True
+        writer.flush()
 
     def save_checkpoint(
-        self, position: Position | None, *, force_status: bool = False
+        self, position: Position | None, *, force: bool = False
     ) -> None:
-        """Save the position (after the output is flushed) and the status."""
-        if position is None or self.checkpoint is None:
+        """Save the position and status once the output holds the lines before it.
+
+        Every enrichment is already written (one write per line); it is synced
+        to disk here, just before the position that covers it is saved.
+        """
+        if position is None or self.checkpoint is None or position == self.saved:
             return
-        if position != self.saved:
-            self.checkpoint.save(position)
-            self.saved = position
-            self.save_status()
-        elif force_status:
-            self.save_status()
+        if not force and time.monotonic() - self.saved_at < CHECKPOINT_INTERVAL_S:
+            return
+        if self.unsynced_output:
+            self.writer.flush(fsync=True)
+            self.unsynced_output = False
+        self.saved_output = self.writer.position() if self.writer else None
+        self.checkpoint.save(position)
+        self.saved, self.saved_at = position, time.monotonic()
+        self.save_status()
 
     def save_status(self) -> None:
-        """Output offset for recover_tail, plus counters for `status`."""
+        """Counters for `status`, and the output end at the saved position.
+
+        A restart re-reads the output from that offset (recover_tail), so it
+        must be the output end when the position was saved, never later.
+        """
         self.timers.status = time.monotonic()
         status: dict[str, Any] = {"saved_at": time.time(), "pid": os.getpid()}
-        if self.writer is not None:
-            inode, offset = self.writer.position()
+        if self.saved_output is not None:
+            inode, offset = self.saved_output
             status["output"] = {"inode": inode, "offset": offset}
         if self.pipeline is not None:
             status["counts"] = self.counters()
