@@ -880,6 +880,8 @@ class _Response:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Small writes (headers, framing) must not wait for a delayed ACK.
+    disable_nagle_algorithm = True
 
     def version_string(self) -> str:
         return "Apache"
