@@ -42,6 +42,12 @@ CLIENT_PARAMS = ("returnFormat", "order", "limit", "page")
 KEY_PATTERN = re.compile(r"[A-Za-z0-9]{40}")
 READ_CHUNK_BYTES = 1 << 20
 CAUSE_MAX_CHARS = 300
+NOT_RETRYABLE = (
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidHeader,
+)
 
 
 class MispError(Exception):
@@ -288,6 +294,11 @@ class MispClient:
             if "CERTIFICATE_VERIFY_FAILED" in str(err):
                 raise MispTlsError(self._tls_message(err)) from None
             raise _Retryable(_describe(err)) from None
+        except NOT_RETRYABLE as err:
+            raise MispUnavailable(
+                f"MISP {self.url}: cannot send the request "
+                f"({self._scrub(_describe(err))}); expected an http(s) base URL"
+            ) from None
         except requests.RequestException as err:
             raise _Retryable(_describe(err)) from None
 

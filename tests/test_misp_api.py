@@ -353,3 +353,13 @@ def test_connection_refused_is_retried_then_reported(fixed_server):
 
     assert "after 2 attempts" in str(caught.value)
     assert "ConnectionError" in str(caught.value)
+
+
+def test_a_url_without_scheme_fails_at_once_without_retries():
+    client = MispClient("misp.example:443", Secret(DEFAULT_API_KEY), retries=3)
+
+    with pytest.raises(MispUnavailable) as caught:
+        pull(client)
+
+    assert "cannot send the request" in str(caught.value)
+    assert DEFAULT_API_KEY not in str(caught.value)

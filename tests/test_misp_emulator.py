@@ -372,3 +372,36 @@ def test_synthetic_rows_honour_context_and_event_tag_options_and_refuse_the_rest
     assert all(r["Tag"] == [inherited] for r in found)
     assert narrow.status_code == 501 and "type filters" in narrow.json()["message"]
     assert untagged == []
+
+
+def test_include_context_and_event_uuid_describe_the_event(sednit):
+    found = rows(sednit, includeContext=1, includeEventUuid=1, limit=1)
+
+    event = found[0]["Event"]
+    assert found[0]["event_uuid"] == event["uuid"]
+    assert (event["info"], event["threat_level_id"], event["published"]) == (
+        "OSINT - Sednit update: How Fancy Bear Spent the Year",
+        "3",
+        False,
+    )
+    assert event["Tag"][0] == {
+        "local": False,
+        "id": "2",
+        "name": "tlp:white",
+        "colour": "#00d622",
+        "numerical_value": None,
+    }
+    assert event["Orgc"]["name"] == "CIRCL"
+
+
+def test_legacy_last_filter_and_unemulated_parameters(sednit):
+    sednit.set_clock(1_900_000_000)
+    event_id = int(rows(sednit, limit=1)[0]["event_id"])
+    sednit.publish_event(event_id)
+
+    published = rows(sednit, last="1h", published=1)
+    refused = search(sednit, {"returnFormat": "json", "includeSightings": 1})
+
+    assert len(published) == 122
+    assert refused.status_code == 501
+    assert "includeSightings" in refused.json()["message"]
