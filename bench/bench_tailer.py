@@ -70,8 +70,8 @@ def build_store(root: Path, count: int) -> dict[str, Path]:
     with StoreWriter(paths) as writer:
         for kind, row in indicator_rows(count):
             writer.upsert(kind, row)
-        writer.upsert("ip", {"attribute_uuid": "bench-hit", "value": HIT_IP,
-                             "subtype": "ip", "misp_type": "ip-src", "to_ids": True})  # fmt: skip
+        hit = {"attribute_uuid": "bench-hit", "value": HIT_IP, "subtype": "ip"}
+        writer.upsert("ip", hit | {"misp_type": "ip-src", "to_ids": True})
         writer.commit()
     print(
         f"store: {count + 1:,} indicators built in {time.monotonic() - started:.1f} s"

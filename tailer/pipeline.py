@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,21 +62,43 @@ def match_alert_line(
     `path` and `line_no` (a line number, or a byte offset for the live file)
     name the line in the `bad_line` warning.
     """
-    counts = ctx.counts
-    counts.lines += 1
+    ctx.counts.lines += 1
     if ctx.selector.quick_reject(line):
         return []
+    return match_unrejected(line, ctx, (path, line_no))
 
-    alert = parse_alert(line, ctx, (path, line_no))
+
+def match_lines(
+    lines: list[bytes], ctx: Pipeline, *, path: str, numbers: Iterable[int]
+) -> list[Match]:
+    """`match_alert_line` over a batch, with the cheap rejection inlined.
+
+    `numbers` name each line in warnings: line numbers, or the end offsets of
+    the lines in the live file.
+    """
+    ctx.counts.lines += len(lines)
+    reject = ctx.selector.quick_reject
+    matches: list[Match] = []
+    for number, line in zip(numbers, lines, strict=False):
+        if reject(line):
+            continue
+        found = match_unrejected(line, ctx, (path, number))
+        if found:
+            matches.extend(found)
+    return matches
+
+
+def match_unrejected(line: bytes, ctx: Pipeline, where: tuple[str, int]) -> list[Match]:
+    """The pipeline after quick_reject: parse, accept, extract, match."""
+    alert = parse_alert(line, ctx, where)
     if alert is None:
         return []
-    counts.alerts += 1
+    ctx.counts.alerts += 1
     if not ctx.selector.accept(alert):
         return []
     if ctx.alert_filter is not None and not ctx.alert_filter(alert):
         return []
-    counts.selected += 1
-
+    ctx.counts.selected += 1
     return match_alert(alert, ctx)
 
 

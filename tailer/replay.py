@@ -31,7 +31,7 @@ from sync.store import StoreError, StoreReader, store_paths
 from tailer.enrich import build_enrichment, encode_enrichment
 from tailer.match import IndicatorIndex
 from tailer.output import EnrichmentWriter, dedup_key
-from tailer.pipeline import build_pipeline, match_alert_line
+from tailer.pipeline import build_pipeline, match_lines
 from tailer.stats import Counts, Progress, format_summary
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,12 @@ def read_lines(path: Path) -> Iterator[bytes]:
     truncated or corrupt gzip yields its complete lines, then raises
     ArchiveError naming the uncompressed offset and the line where it broke.
     """
+    for lines, _ in read_batches(path):
+        yield from lines
+
+
+def read_batches(path: Path) -> Iterator[tuple[list[bytes], int]]:
+    """Yield (complete lines, bytes they took) per chunk; see read_lines."""
     opener = gzip.open if path.name.endswith(".gz") else open
     offset = 0
     line_count = 0
@@ -161,9 +167,10 @@ def read_lines(path: Path) -> Iterator[bytes]:
             if not chunk:
                 break
             offset += len(chunk)
-            lines, pending = split_complete(pending + chunk)
+            lines, rest = split_complete(pending + chunk)
             line_count += len(lines)
-            yield from lines
+            yield lines, len(pending) + len(chunk) - len(rest)
+            pending = rest
     if pending:
         log.warning("partial_last_line path=%s bytes=%d", path, len(pending))
 
@@ -330,13 +337,12 @@ def replay_piece(path_text: str) -> PieceResult:
     ctx.counts = Counts()
     matches: list = []
     error = None
-    line_no = 0
     try:
-        for line_no, line in enumerate(read_lines(Path(path_text)), start=1):
-            ctx.counts.bytes_read += len(line) + 1
-            found = match_alert_line(line, ctx, path=path_text, line_no=line_no)
-            if found:
-                matches.extend(found)
+        for lines, size_bytes in read_batches(Path(path_text)):
+            first = ctx.counts.lines + 1
+            numbers = range(first, first + len(lines))
+            matches += match_lines(lines, ctx, path=path_text, numbers=numbers)
+            ctx.counts.bytes_read += size_bytes
     except (ArchiveError, OSError) as err:
         error = str(err) if isinstance(err, ArchiveError) else f"{path_text}: {err}"
     return PieceResult(path_text, matches, ctx.counts, error)

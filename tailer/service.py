@@ -30,7 +30,7 @@ from tailer.follow import Batch, Follower, Position
 from tailer.match import IndicatorIndex
 from tailer.notify import Notifier
 from tailer.output import EnrichmentWriter
-from tailer.pipeline import Pipeline, build_pipeline, match_alert_line
+from tailer.pipeline import Pipeline, build_pipeline, match_lines
 from tailer.stats import format_stats
 
 log = logging.getLogger(__name__)
@@ -232,10 +232,10 @@ class Service:
         """Match every line and write its hits; flush before returning."""
         ctx, writer = self.pipeline, self.writer
         path = batch.position.path if batch.position else "-"
-        for line, end in zip(batch.lines, batch.line_ends, strict=True):
-            for alert, hit in match_alert_line(line, ctx, path=path, line_no=end):
-                writer.write_hit(alert, hit)
-                self.unsynced_output = True
+        matches = match_lines(batch.lines, ctx, path=path, numbers=batch.line_ends)
+        for alert, hit in matches:
+            writer.write_hit(alert, hit)
+        self.unsynced_output |= bool(matches)
         writer.flush()
 
     def save_checkpoint(
