@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import queue
 import re
 import signal
 import threading
@@ -566,9 +567,43 @@ def build_query(cfg: Config, *, mode: str, cursor: int | None, now: float) -> di
 
 
 def pull_pages(pages: Iterable[list[dict]], applier: RowApplier) -> None:
-    """Apply every page as it arrives (never more than one page in memory)."""
-    for page in pages:
+    """Apply every page as it arrives, fetching the next one meanwhile."""
+    for page in prefetched(pages):
         applier.apply_page(page)
+
+
+def prefetched(pages: Iterable[list[dict]]) -> Iterator[list[dict]]:
+    """Yield pages while a thread fetches the next one (at most one waiting).
+
+    Waiting for MISP then overlaps applying the previous page; memory stays
+    at about three pages. An error of the fetching thread is raised here.
+    """
+    handoff: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def fetch_all() -> None:
+        try:
+            for page in pages:
+                if stop.is_set():
+                    return
+                handoff.put((page, None))
+            handoff.put((None, None))
+        except BaseException as err:  # handed to the applying thread
+            handoff.put((None, err))
+
+    threading.Thread(target=fetch_all, name="misp-fetch", daemon=True).start()
+    try:
+        while True:
+            page, err = handoff.get()
+            if err is not None:
+                raise err
+            if page is None:
+                return
+            yield page
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            handoff.get_nowait()
 
 
 def run_server_sync(
