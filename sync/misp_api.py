@@ -94,10 +94,12 @@ class _KeyAuth(requests.auth.AuthBase):
 class MispClient:
     """Fetches MISP attributes page by page.
 
-    After :meth:`iter_attribute_pages` is exhausted, ``incomplete`` is ``None``
-    when MISP answered an empty page (every attribute was seen), or a reason such
-    as ``"max_pages"`` when the pull stopped early; a caller must not treat an
-    incomplete pull as the full set (for example to delete what it did not see).
+    ``incomplete`` is ``None`` only once MISP answered an empty page (every
+    attribute was seen). Otherwise it names why the pull is not whole:
+    ``"max_pages"`` when the page limit cut it, ``"not_finished"`` while pages
+    are still coming or when the caller stopped early or an error ended it. A
+    caller must not treat an incomplete pull as the full set (for example to
+    delete what it did not see).
     ``pages_count``, ``rows_count`` and ``skipped_count`` (rows MISP dropped on
     warninglists, from ``X-Skipped-Elements-Count``) describe the last pull.
     """
@@ -188,6 +190,8 @@ class MispClient:
         """
         _check_filters(filters)
         self._reset_counts()
+        # Until MISP answers an empty page, the pull is not known to be whole.
+        self.incomplete = "not_finished"
         page = 1
         while True:
             if max_pages and page > max_pages:
@@ -200,6 +204,7 @@ class MispClient:
                 return
             rows = self.fetch_attribute_page(filters, page)
             if not rows:
+                self.incomplete = None
                 return
             self.pages_count += 1
             self.rows_count += len(rows)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import random
 import re
@@ -98,10 +99,13 @@ FAULTS = frozenset(
 class HttpError(Exception):
     """A MISP error response: status and the message MISP puts in its body."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(
+        self, status: int, message: str, *, retry_after: object = None
+    ) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.message = message
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -867,7 +871,7 @@ def _affine_shuffle(selected: range, seed: int) -> Callable[[int], int]:
 
 # ---------------------------------------------------------------- HTTP side
 
-DEFAULT_API_KEY = "EmulatorKey0123456789abcdefghijKLMNOPQRS"[:40].ljust(40, "x")
+DEFAULT_API_KEY = "EmulatorTestKey0123456789abcdefghijKLMNO"
 
 
 @dataclass(frozen=True)
@@ -905,13 +909,15 @@ class _Server(ThreadingHTTPServer):
 
 def _error_response(err: HttpError, path: str, user_agent: str) -> _Response:
     body = {"name": err.message, "message": err.message, "url": path}
-    automatic = user_agent.startswith(("PyMISP", "MISP"))
-    text = orjson.dumps(body) if automatic or err.status != 400 else None
-    if text is None:
-        text = orjson.dumps(body, option=orjson.OPT_INDENT_2)
+    # MISP pretty-prints this one error unless the caller looks like PyMISP.
+    pretty = err.status == 400 and not user_agent.startswith(("PyMISP", "MISP"))
+    if pretty:
+        text = json.dumps(body, indent=4, ensure_ascii=False).encode()
+    else:
+        text = orjson.dumps(body)
     headers = {"Content-Type": "application/json; charset=UTF-8"}
-    if err.status == 429:
-        headers["Retry-After"] = str(getattr(err, "retry_after", 1))
+    if err.retry_after is not None:
+        headers["Retry-After"] = str(err.retry_after)
     return _Response(err.status, headers, text)
 
 
@@ -938,9 +944,8 @@ def _fault_error(fault: Fault) -> HttpError:
     if fault.name == "status401":
         return HttpError(401, "Unauthorized")
     if fault.name == "status429":
-        err = HttpError(429, "Too Many Requests")
-        err.retry_after = fault.options.get("retry_after", 1)
-        return err
+        retry_after = fault.options.get("retry_after", 1)
+        return HttpError(429, "Too Many Requests", retry_after=retry_after)
     return HttpError(500, "An Internal Error Has Occurred.")
 
 

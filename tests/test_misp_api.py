@@ -363,3 +363,16 @@ def test_a_url_without_scheme_fails_at_once_without_retries():
 
     assert "cannot send the request" in str(caught.value)
     assert DEFAULT_API_KEY not in str(caught.value)
+
+
+def test_a_pull_stopped_early_or_failed_is_not_reported_complete(small):
+    stopped = client_for(small)
+    first_page = next(stopped.iter_attribute_pages({}))
+    failed = client_for(small, retries=1)
+    small.inject("status500", count=2)
+
+    with pytest.raises(MispUnavailable):
+        pull(failed)
+
+    assert len(first_page) == 50
+    assert stopped.incomplete == failed.incomplete == "not_finished"
