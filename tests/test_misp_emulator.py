@@ -405,3 +405,11 @@ def test_legacy_last_filter_and_unemulated_parameters(sednit):
     assert len(published) == 122
     assert refused.status_code == 501
     assert "includeSightings" in refused.json()["message"]
+
+
+def test_paging_without_order_repeats_and_misses_rows_as_misp_may(sednit):
+    pages = [rows(sednit, limit=50, page=page) for page in (1, 2, 3)]
+
+    uuids = [r["uuid"] for page in pages for r in page]
+    assert len(uuids) == 122
+    assert len(set(uuids)) < 122
