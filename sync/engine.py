@@ -298,19 +298,23 @@ def sync_lock(path: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def sigterm_as_failure() -> Iterator[None]:
-    """Turn SIGTERM into SyncInterrupted while the block runs (main thread)."""
+    """Turn SIGTERM and SIGINT into SyncInterrupted while the block runs."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum: int, frame: object) -> None:
-        raise SyncInterrupted("terminated by SIGTERM")
+        raise SyncInterrupted(f"terminated by {signal.Signals(signum).name}")
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {
+        signum: signal.signal(signum, interrupt)
+        for signum in (signal.SIGTERM, signal.SIGINT)
+    }
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 # ---------------------------------------------------------------- one run
@@ -369,7 +373,7 @@ def execute_run(
             report = _failed_report(state, err, clock_start)
 
     publish_report(cfg, report, now=time.time())
-    if report.result != "failed" and sum(report.stored.values()):
+    if report.changed and sum(report.stored.values()):
         _retrohunt(cfg, since=state.started_at)
     return report
 
@@ -421,7 +425,7 @@ def _commit(
             "source": state.source,
         },
     )
-    writer.commit()
+    changed = writer.commit()
 
     counts = state.applier.counts
     return SyncReport(
@@ -438,6 +442,7 @@ def _commit(
         indicators=indicators,
         cursor=cursor,
         last_success=state.started_at,
+        changed=any(changed.values()),
     )
 
 

@@ -58,6 +58,7 @@ class SyncReport:
     cursor: int | None = None
     last_success: int = 0
     error: str = ""
+    changed: bool = False
 
     def summary_fields(self) -> dict[str, object]:
         fields: dict[str, object] = {

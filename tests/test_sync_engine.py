@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
+import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -466,3 +467,50 @@ def test_run_that_matched_nothing_on_an_empty_store_warns(tmp_path, misp, caplog
 
 
 assert STORE_KINDS == tuple(DB_FILES)
+
+
+def write_recent_alert(alerts_dir: Path, srcip: str) -> None:
+    """One level-10 alert from the samples, re-addressed and dated an hour ago."""
+    sample = (DATA / "alerts" / "samples-sshd_bruteforce.jsonl").read_text()
+    alert = json.loads(sample.splitlines()[0])
+    alert["data"]["srcip"] = srcip
+    stamp = datetime.fromtimestamp(time.time() - 3600, UTC)
+    alert["timestamp"] = stamp.strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+    alerts_dir.mkdir(parents=True)
+    (alerts_dir / "alerts.json").write_text(json.dumps(alert) + "\n")
+
+
+def test_new_indicators_trigger_a_retro_hunt_over_recent_alerts(tmp_path, misp):
+    load_sample(misp)
+    write_recent_alert(tmp_path / "alerts", "198.51.100.7")
+    cfg = make_cfg(
+        tmp_path,
+        misp.url,
+        {"WAZUH_ALERTS_PATH": str(tmp_path / "alerts" / "alerts.json")},
+        sync__retrohunt_days=1,
+        tailer__state_dir=str(tmp_path / "state"),
+    )
+
+    report = run_server_sync(cfg)
+    again = run_server_sync(cfg)
+
+    lines = (tmp_path / "ioc_enrichment.json").read_text().splitlines()
+    hits = [json.loads(line) for line in lines if '"ioc"' in line]
+    assert report.result == again.result == "ok"
+    assert len(hits) == 1
+    assert hits[0]["ioc"]["indicator"] == "198.51.100.7"
+    assert hits[0]["ioc"]["replay"] == "true"
+
+
+def test_retro_hunt_that_cannot_load_is_logged_and_the_sync_stays_ok(
+    tmp_path, misp, monkeypatch, caplog
+):
+    load_sample(misp)
+    monkeypatch.setitem(sys.modules, "tailer.replay", None)
+    cfg = make_cfg(tmp_path, misp.url, sync__retrohunt_days=1)
+
+    with caplog.at_level("ERROR"):
+        report = run_server_sync(cfg)
+
+    assert report.result == "ok"
+    assert "retrohunt_unavailable" in caplog.text
