@@ -151,8 +151,9 @@ def measure_throughput(root, paths, name, count, high_share, hit_share) -> float
     alerts = work / "alerts.json"
     size = write_stream(alerts, count, high_share=high_share, hit_share=hit_share)
     config = config_for(work, paths, alerts)
-    queue = multiprocessing.get_context("fork").Queue()
-    child = multiprocessing.get_context("fork").Process(
+    # spawn, not fork: a forked child would count the parent's pages as its own.
+    queue = multiprocessing.get_context("spawn").Queue()
+    child = multiprocessing.get_context("spawn").Process(
         target=throughput_child, args=(str(config), count, queue)
     )
     child.start()
@@ -190,9 +191,9 @@ def measure_latency(root: Path, paths, seconds: float, rate: int) -> None:
     )  # fmt: skip
     time.sleep(3)
     written, seen = run_latency_writer(alerts, work / "enrichment.json", seconds, rate)
+    rss_mb = peak_rss_mb(tailer.pid)
     tailer.send_signal(signal.SIGTERM)
     tailer.wait(10)
-    rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     latencies_ms = sorted((seen[k] - written[k]) * 1000 for k in seen if k in written)
     if not latencies_ms:
         print("latency: no enrichment seen")
@@ -204,6 +205,14 @@ def measure_latency(root: Path, paths, seconds: float, rate: int) -> None:
         f"{len(written):,}): p50 {p50:.0f} ms, p99 {p99:.0f} ms, "
         f"max {latencies_ms[-1]:.0f} ms; tailer peak RSS {rss_mb:.0f} MB"
     )
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM (peak resident set) of a live process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def run_latency_writer(alerts: Path, output: Path, seconds: float, rate: int):

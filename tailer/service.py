@@ -96,9 +96,12 @@ class Service:
         """Run until SIGTERM/SIGINT; return the exit code (0)."""
         self.install_signals()
         log.info("tailer_start alerts=%s", self.cfg.tailer.alerts_path)
+        # Ready at once: waiting for a missing store or alerts file is a
+        # state to report (STATUS=), not a failed start to be restarted.
+        self.notifier.ready("starting")
         try:
             if self.start():
-                self.notifier.ready(f"tailing {self.cfg.tailer.alerts_path}")
+                self.notifier.status(f"tailing {self.cfg.tailer.alerts_path}")
                 self.loop()
         finally:
             self.shutdown()
@@ -155,8 +158,15 @@ class Service:
                     "open_failed what=%s error=%s retry_in_s=%.0f", what, err, delay_s
                 )
                 self.notifier.status(f"waiting for {what}: {err}")
-                self.stop.wait(delay_s)
+                self.wait_with_watchdog(delay_s)
         return None
+
+    def wait_with_watchdog(self, delay_s: float) -> None:
+        """Sleep until stopped or `delay_s` passed, still pinging the watchdog."""
+        deadline = time.monotonic() + delay_s
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            self.notifier.ping_if_due()
+            self.stop.wait(min(1.0, max(0.0, deadline - time.monotonic())))
 
     # -- opening the parts ----------------------------------------------------
 
@@ -213,7 +223,7 @@ class Service:
                     "loop_error error=%r position=%s retry_in_s=%.0f",
                     err, self.saved, delay_s,
                 )  # fmt: skip
-                self.stop.wait(delay_s)
+                self.wait_with_watchdog(delay_s)
                 self.restart_follower()
 
     def step(self) -> None:
