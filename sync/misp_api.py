@@ -185,8 +185,9 @@ class MispClient:
     ) -> Iterator[list[dict[str, Any]]]:
         """Yield each non-empty page of attributes matching ``filters``.
 
-        Stops at the first empty page, or after ``max_pages`` pages (0: no
-        limit), setting ``incomplete = "max_pages"`` in that case.
+        Stops at the first empty page (then ``incomplete`` is ``None``), or
+        after ``max_pages`` pages (0: no limit) with ``incomplete = "max_pages"``.
+        Each page is fetched with up to ``retries`` retries after the first try.
         """
         _check_filters(filters)
         self._reset_counts()
