@@ -152,3 +152,13 @@ def test_api_key_never_reaches_output(config, tmp_path):
 
     assert result.returncode == 0
     assert key not in result.stdout + result.stderr
+
+
+def test_replay_indicators_since_last_sync_needs_a_synced_store(config, tmp_path):
+    result = tailer_cli(
+        "replay", "--config", str(config), "--indicators-since", "last-sync",
+        str(tmp_path),
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    assert "the store records no sync run" in result.stderr

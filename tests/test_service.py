@@ -459,3 +459,21 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=60,
     )
+
+
+def test_ready_comes_at_once_and_status_says_what_is_awaited(tmp_path):
+    config = write_config(tmp_path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.settimeout(10)
+    tailer = Tailer(config, NOTIFY_SOCKET=str(tmp_path / "notify.sock")).start()
+    try:
+        first = sock.recv(4096)
+        second = sock.recv(4096)
+
+        assert first.startswith(b"READY=1")
+        assert second.startswith(b"STATUS=waiting for store")
+        assert tailer.stop() == 0
+    finally:
+        tailer.kill()
+        sock.close()
