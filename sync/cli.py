@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--full",
         action="store_true",
-        help="pull everything in scope and remove what MISP no longer returns",
+        help="pull everything in scope and remove what MISP no longer returns "
+        "(with --feed: fetch every event of the manifest again)",
     )
     parser.add_argument(
         "--force",
@@ -103,6 +104,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                 cfg,
                 args.feed,
                 name=args.feed_name,
+                full=args.full,
                 force=args.force,
                 warninglists=warninglists,
             )

@@ -564,6 +564,10 @@ def build_query(cfg: Config, *, mode: str, cursor: int | None, now: float) -> di
         query["enforceWarninglist"] = 1
 
     if mode == "incremental":
+        # TODO: changes that leave Attribute.timestamp alone (event tag edits,
+        # publishing, ACL changes, hard deletes) reach the store only at the
+        # next reconcile; a query on event_timestamp/publish_timestamp would
+        # catch the first two sooner at the cost of a second pull.
         query["deleted"] = [0, 1]
         query["timestamp"] = max(1, int(cursor or 0) - cfg.sync.overlap_s)
     elif misp.use_timestamp_filter:

@@ -192,6 +192,9 @@ def _lenient_int(value: object) -> int:
 
 
 def feed_state_key(name: str) -> str:
+    # TODO: the state lists every attribute uuid of the feed (about 40 bytes
+    # each) and is written into all four databases on every run; a feed of
+    # millions of attributes would want a table of its own.
     return f"feed:{name}"
 
 
@@ -200,6 +203,7 @@ def run_feed_sync(
     location: str,
     *,
     name: str | None = None,
+    full: bool = False,
     force: bool = False,
     warninglists: Any = None,
 ) -> Any:
@@ -208,6 +212,7 @@ def run_feed_sync(
     Per-feed state (store meta `feed:<name>`) records, for every event, its
     manifest timestamp and the uuids of its attributes, so an event that left
     the manifest, or an attribute that left its event, is removed by uuid.
+    `full` fetches every event of the manifest again, whatever its timestamp.
     """
     from sync.engine import PullOutcome, execute_run
 
@@ -224,7 +229,7 @@ def run_feed_sync(
         state.mode = "feed"
         recorded = writer.get_meta(feed_state_key(source)) or {}
         log.info(kv("feed_start", source=source, location=location))
-        events, complete = _pull_feed(reader, recorded, state, writer)
+        events, complete = _pull_feed(reader, recorded, state, full=full)
         return PullOutcome(complete, meta={feed_state_key(source): events})
 
     return execute_run(
@@ -233,7 +238,7 @@ def run_feed_sync(
 
 
 def _pull_feed(
-    reader: FeedReader, recorded: dict, state: Any, writer: Any
+    reader: FeedReader, recorded: dict, state: Any, *, full: bool
 ) -> tuple[dict, bool]:
     manifest = reader.fetch_manifest()
     applier = state.applier
@@ -246,7 +251,7 @@ def _pull_feed(
     events = {u: e for u, e in recorded.items() if u in manifest or not complete}
 
     for uuid, stamp in manifest.items():
-        if uuid in recorded and recorded[uuid].get("timestamp", 0) >= stamp:
+        if not full and recorded.get(uuid, {}).get("timestamp", 0) >= stamp:
             continue
         try:
             event = reader.fetch_event(uuid)

@@ -314,3 +314,13 @@ def test_feed_honours_the_tag_filter(tmp_path):
     )
     assert report.skipped["tag_filter"] > 0
     assert report.stored["hash"] == clear_hashes == 4
+
+
+def test_full_feed_run_fetches_every_event_again(tmp_path):
+    cfg = make_cfg(tmp_path, "")
+    run_feed_sync(cfg, str(INFOBLOX))
+
+    again = run_feed_sync(cfg, str(INFOBLOX), full=True)
+
+    assert (again.result, again.pages, again.indicators) == ("ok", 8, 345)
+    assert sum(again.removed.values()) == 0
