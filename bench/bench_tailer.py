@@ -20,7 +20,6 @@ import json
 import multiprocessing
 import os
 import random
-import resource
 import signal
 import subprocess
 import sys
@@ -141,7 +140,8 @@ def throughput_child(config: str, count: int, queue) -> None:
         service.step()
     elapsed_s = time.monotonic() - started
     service.shutdown()
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: ru_maxrss keeps the parent's size from before exec.
+    rss_mb = peak_rss_mb(os.getpid())
     queue.put((count / elapsed_s, rss_mb, service.pipeline.counts.hits))
 
 
@@ -151,7 +151,7 @@ def measure_throughput(root, paths, name, count, high_share, hit_share) -> float
     alerts = work / "alerts.json"
     size = write_stream(alerts, count, high_share=high_share, hit_share=hit_share)
     config = config_for(work, paths, alerts)
-    # spawn, not fork: a forked child would count the parent's pages as its own.
+    # spawn, not fork: a forked child shares (and counts) the parent's pages.
     queue = multiprocessing.get_context("spawn").Queue()
     child = multiprocessing.get_context("spawn").Process(
         target=throughput_child, args=(str(config), count, queue)

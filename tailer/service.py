@@ -89,6 +89,7 @@ class Service:
         self.saved_at = 0.0
         self.saved_output: tuple[int, int] | None = None
         self.unsynced_output = False
+        self.in_batch = False
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -133,7 +134,9 @@ class Service:
     def shutdown(self) -> None:
         self.notifier.stopping()
         if self.follower is not None:
-            self.save_checkpoint(self.follower.position(), force=True)
+            # A batch cut short by an error is not covered by the output.
+            if not self.in_batch:
+                self.save_checkpoint(self.follower.position(), force=True)
             self.follower.close()
         if self.checkpoint is not None and self.pipeline is not None:
             self.save_status()
@@ -206,7 +209,11 @@ class Service:
             poll_interval_s=tailer.poll_interval_s,
         )
         self.follower = follower
-        self.save_checkpoint(follower.position(), force=True)
+        try:
+            self.save_checkpoint(follower.position(), force=True)
+        except Exception:
+            follower.close()
+            raise
         return follower
 
     # -- the loop ---------------------------------------------------------------
@@ -230,7 +237,9 @@ class Service:
         """Read and write one batch, or wait; then run what is due."""
         batch = self.follower.read_batch(BATCH_BYTES)
         if batch.lines:
+            self.in_batch = True
             self.write_batch(batch)
+            self.in_batch = False
             self.save_checkpoint(batch.position)
         else:
             idle_at = batch.position or self.follower.position()
@@ -263,10 +272,23 @@ class Service:
         if self.unsynced_output:
             self.writer.flush(fsync=True)
             self.unsynced_output = False
-        self.saved_output = self.writer.position() if self.writer else None
+        self.saved_output = self.output_end() or self.saved_output
         self.checkpoint.save(position)
         self.saved, self.saved_at = position, time.monotonic()
         self.save_status()
+
+    def output_end(self) -> tuple[int, int] | None:
+        """(inode, size) of the output; None when it cannot be opened now.
+
+        Keeping the older offset then is safe: a restart re-reads more.
+        """
+        if self.writer is None:
+            return None
+        try:
+            return self.writer.position()
+        except OSError as err:
+            log.warning("output_unavailable path=%s error=%s", self.writer.path, err)
+            return None
 
     def save_status(self) -> None:
         """Counters for `status`, and the output end at the saved position.
@@ -290,6 +312,7 @@ class Service:
         """After an error: follow again from the last saved checkpoint."""
         if self.follower is not None:
             self.follower.close()
+        self.in_batch = False
         self.follower = self.retry("alerts", self.open_follower)
         if self.follower is None:
             self.follower = _ClosedFollower()

@@ -477,3 +477,22 @@ def test_ready_comes_at_once_and_status_says_what_is_awaited(tmp_path):
     finally:
         tailer.kill()
         sock.close()
+
+
+def test_unwritable_output_is_retried_and_no_hit_is_lost(world):
+    root, _, start = world
+    out_dir = root / "out"
+    out_dir.rename(root / "out-away")
+    with AnalysisdWriter(root / "alerts", flush_interval_s=None) as writer:
+        writer.write(alert_line(1, HIT_IP))
+        writer.write(alert_line(2, HIT_IP))
+    tailer = start()
+
+    assert tailer.wait_log("loop_error")
+    assert tailer.proc.poll() is None
+    (root / "out-away").rename(out_dir)
+
+    assert wait_until(lambda: len(hit_ids(output_of(root))) == 2, 15)
+    time.sleep(0.5)
+    assert hit_ids(output_of(root)) == ["1796342399.1", "1796342399.2"]
+    assert tailer.stop() == 0
