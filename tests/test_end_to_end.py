@@ -20,6 +20,7 @@ from tests.test_service import (
     PLANTED,
     REPO,
     Tailer,
+    alert_line,
     clean_environ,
     wait_until,
     write_config,
@@ -136,3 +137,41 @@ def test_real_alerts_run_through_without_a_bad_line_or_error(synced):
 def stats_of(tailer: Tailer) -> str:
     lines = re.findall(r"^INFO tailer\.service: stats .*$", tailer.log(), re.M)
     return lines[-1] if lines else ""
+
+
+def test_sync_retrohunt_finds_alert_seen_before_the_indicator_existed(tmp_path):
+    config = write_config(tmp_path, misp={"retries": 0}, sync={"retrohunt_days": 1})
+    old_ip, new_ip = "192.0.2.10", "198.51.100.203"
+    with AnalysisdWriter(tmp_path / "alerts", flush_interval_s=None) as writer:
+        writer.write(alert_line(1, old_ip))
+        writer.write(alert_line(2, new_ip))
+    output = tmp_path / "out" / "enrichment.json"
+
+    with MispEmulator() as misp:
+        misp.load_attributes([a for a in PLANTED if a["value"] == old_ip])
+        env = clean_environ(MISP_URL=misp.url, MISP_API_KEY=DEFAULT_API_KEY)
+        first = run_sync(config, env)
+        before = enrichments(output) if output.exists() else []
+        time.sleep(1.1)
+        new = {"type": "ip-dst", "value": new_ip, "uuid": "e2e-new", "to_ids": True}
+        misp.load_attributes([dict(new, event_id="4243", category="Network activity")])
+        second = run_sync(config, env)
+
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    after = enrichments(output)[len(before) :]
+    assert [(r["alert"]["id"], r["ioc"]["indicator"]) for r in after] == [
+        ("1796342399.2", new_ip)
+    ]
+    assert after[0]["ioc"]["replay"] == "true"
+
+
+def run_sync(config: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sync.cli", "--config", str(config)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
