@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import pty
 import shutil
 import subprocess
 import sys
@@ -254,3 +255,51 @@ def test_retrohunt_reports_new_indicator_hits_once_and_not_old_ones(tmp_path):
     assert [r["alert"]["id"] for r in records] == ["1796342399.2", "1796342399.3"]
     assert {r["ioc"]["indicator"] for r in records} == {new_ip}
     assert all(r["ioc"]["replay"] == "true" for r in records)
+
+
+def test_replay_emit_appends_to_enrichment_log_and_never_twice(replay_world, archive):
+    root, config = replay_world
+    output = root / "out" / "enrichment.json"
+    month = str(archive / "2026/Dec")
+
+    first = replay_cli(config, "--emit", month)
+    written = output.read_bytes()
+    second = replay_cli(config, "--emit", month)
+
+    assert first.stdout == b"" and second.stdout == b""
+    assert written.count(b"\n") >= 38
+    assert output.read_bytes() == written
+
+
+def test_replay_shows_progress_when_stderr_is_a_terminal(replay_world, archive):
+    _, config = replay_world
+    controller, terminal = pty.openpty()
+    command = [sys.executable, "-m", "tailer.cli", "replay", "--config", str(config)]
+
+    with subprocess.Popen(
+        [*command, str(archive)],
+        cwd=REPO,
+        env=clean_environ(),
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+    ) as process:
+        os.close(terminal)
+        shown = read_terminal(controller)
+        process.wait(60)
+
+    assert b"\rfiles 5/5 " in shown
+    assert b"replay files=5" in shown
+
+
+def read_terminal(controller: int) -> bytes:
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    return shown
