@@ -496,3 +496,18 @@ def test_unwritable_output_is_retried_and_no_hit_is_lost(world):
     time.sleep(0.5)
     assert hit_ids(output_of(root)) == ["1796342399.1", "1796342399.2"]
     assert tailer.stop() == 0
+
+
+def test_sighup_with_broken_config_keeps_running_on_the_old_one(world):
+    root, config, start = world
+    with AnalysisdWriter(root / "alerts", flush_interval_s=0.05) as writer:
+        tailer = start()
+        assert tailer.wait_log("follow_start")
+        config.write_text("tailer:\n  min_level: 99\n")
+        tailer.proc.send_signal(signal.SIGHUP)
+        assert tailer.wait_log("reload_failed")
+
+        writer.write(alert_line(4, HIT_IP))
+        assert wait_until(lambda: hit_ids(output_of(root)) == ["1796342399.4"])
+    assert tailer.stop() == 0
+    assert "tailer.min_level" in tailer.log()
