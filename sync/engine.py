@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
+
 from sync.config import Config
 from sync.health import SyncReport, publish_report
 from sync.logs import kv
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 LOCK_NAME = ".sync.lock"
 RESULTS = ("ok", "incomplete", "failed")
 THREAT_LEVELS = {"1": "high", "2": "medium", "3": "low", "4": "undefined"}
+TAG_TEXT_CACHE_COUNT = 4096
 
 
 class SyncError(RuntimeError):
@@ -139,10 +142,16 @@ def _int(value: object) -> int:
 
 def row_tags(row: dict) -> list[str]:
     """Names of attribute tags and event tags (inherited or in the context)."""
-    names = [t.get("name") for t in row.get("Tag") or () if isinstance(t, dict)]
-    event_tags = (row.get("Event") or {}).get("Tag") or ()
-    names += [t.get("name") for t in event_tags if isinstance(t, dict)]
-    return list(dict.fromkeys(n for n in names if isinstance(n, str)))
+    names: list[str] = []
+    event = row.get("Event")
+    event_tags = event.get("Tag") if isinstance(event, dict) else None
+    for tags in (row.get("Tag"), event_tags):
+        for tag in tags or ():
+            name = tag.get("name") if isinstance(tag, dict) else None
+            if isinstance(name, str):
+                names.append(name)
+    # An event tag comes twice (inherited and in the context): keep the first.
+    return names if len(names) < 2 else list(dict.fromkeys(names))
 
 
 # ---------------------------------------------------------------- applying rows
@@ -180,6 +189,7 @@ class RowApplier:
         self.prune = prune
         self.counts = RunCounts()
         self._doomed: dict[str, list[str]] = {kind: [] for kind in STORE_KINDS}
+        self._tag_texts: dict[tuple, str] = {}
 
     def apply_page(self, rows: Iterable[dict]) -> None:
         """Apply one page, then its deletes; count the page."""
@@ -191,7 +201,9 @@ class RowApplier:
     def apply(self, row: dict) -> None:
         counts = self.counts
         counts.pulled += 1
-        counts.max_timestamp = max(counts.max_timestamp, _int(row.get("timestamp")))
+        timestamp = _int(row.get("timestamp"))
+        if timestamp > counts.max_timestamp:
+            counts.max_timestamp = timestamp
         uuid, misp_type = row.get("uuid"), row.get("type")
         if not isinstance(uuid, str) or not uuid:
             counts.skipped["no_uuid"] += 1
@@ -203,57 +215,67 @@ class RowApplier:
         tags = row_tags(row)
         reason = self.row_filter.rejection(row, tags)
         if reason is None:
-            reason = self._store(row, uuid, misp_type, tags)
+            reason = self._store(row, uuid, misp_type, tags, timestamp)
         if reason is not None:
             counts.skipped[reason] += 1
             self._doom(uuid, STORE_KINDS)
 
-    def _store(self, row: dict, uuid: str, misp_type: str, tags: list) -> str | None:
+    def _store(
+        self, row: dict, uuid: str, misp_type: str, tags: list, timestamp: int
+    ) -> str | None:
         value = row.get("value")
         try:
             indicators = indicators_from_misp(misp_type, value)
         except InvalidValue as err:
             log.debug(kv("attribute_invalid", uuid=uuid, error=str(err)))
             return err.reason
-        listed = (
-            self.warninglists.match(misp_type, value)
-            if self.warninglists.lists
-            else None
-        )
-        if listed is not None:
-            return f"warninglist_{listed}"
+        if self.warninglists.lists:
+            listed = self.warninglists.match(misp_type, value)
+            if listed is not None:
+                return f"warninglist_{listed}"
 
-        context = self._context(row, uuid, misp_type, tags)
-        for indicator in indicators:
-            context.update(
-                value=indicator.value, subtype=indicator.subtype, port=indicator.port
-            )
-            self.writer.upsert(indicator.kind, context)
-            self.counts.stored[indicator.kind] += 1
-        kinds = {i.kind for i in indicators}
-        self._doom(uuid, [k for k in STORE_KINDS if k not in kinds])
+        # One tuple per indicator, in the store's VALUE_COLUMNS order.
+        context = self._context(row, misp_type, tags, timestamp)
+        upsert, stored = self.writer.upsert_values, self.counts.stored
+        for found in indicators:
+            head = (uuid, found.value, value, found.subtype, found.port)
+            upsert(found.kind, head + context)
+            stored[found.kind] += 1
+        if self.prune:
+            kinds = {i.kind for i in indicators}
+            self._doom(uuid, [k for k in STORE_KINDS if k not in kinds])
         return None
 
-    def _context(self, row: dict, uuid: str, misp_type: str, tags: list) -> dict:
-        event = row.get("Event") or {}
-        return {
-            "attribute_uuid": uuid,
-            "raw_value": row.get("value"),
-            "misp_type": misp_type,
-            "category": row.get("category"),
-            "to_ids": row.get("to_ids") in (True, 1, "1"),
-            "attribute_id": row.get("id"),
-            "event_id": row.get("event_id") or event.get("id"),
-            "event_uuid": event.get("uuid") or row.get("event_uuid"),
-            "event_info": event.get("info"),
-            "threat_level": THREAT_LEVELS.get(str(event.get("threat_level_id"))),
-            "tags": tags,
-            "comment": row.get("comment") or None,
-            "first_seen": row.get("first_seen"),
-            "last_seen": row.get("last_seen"),
-            "attribute_timestamp": _int(row.get("timestamp")) or None,
-            "source": self.source,
-        }
+    def _context(self, row: dict, misp_type: str, tags: list, timestamp: int) -> tuple:
+        """The columns after port: misp_type ... source (see VALUE_COLUMNS)."""
+        get = row.get
+        event = get("Event") or {}
+        return (
+            misp_type,
+            get("category"),
+            1 if get("to_ids") in (True, 1, "1") else 0,
+            get("id"),
+            get("event_id") or event.get("id"),
+            event.get("uuid") or get("event_uuid"),
+            event.get("info"),
+            THREAT_LEVELS.get(str(event.get("threat_level_id"))),
+            self._tags_json(tags),
+            get("comment") or None,
+            get("first_seen"),
+            get("last_seen"),
+            timestamp or None,
+            self.source,
+        )
+
+    def _tags_json(self, tags: list) -> str:
+        # Most rows of a pull share a handful of tag lists: encode each once.
+        key = tuple(tags)
+        text = self._tag_texts.get(key)
+        if text is None:
+            if len(self._tag_texts) >= TAG_TEXT_CACHE_COUNT:
+                self._tag_texts.clear()
+            text = self._tag_texts[key] = orjson.dumps(tags).decode()
+        return text
 
     def _doom(self, uuid: str, kinds: Iterable[str]) -> None:
         if self.prune:

@@ -44,7 +44,9 @@ _PATH_KEYS["hash"] = "hashes_db"
 
 READER_BUSY_TIMEOUT_MS = 100
 WRITER_BUSY_TIMEOUT_MS = 10_000
-WRITER_CACHE_KIB = 65536  # random-key inserts stay in memory until commit
+# Per database; four are open in a sync. Pages past it spill to the WAL file
+# (still inside the transaction), which bounds the sync's memory.
+WRITER_CACHE_KIB = 16384
 _BATCH_ROWS = 2000
 
 _MIGRATIONS: tuple[str, ...] = (
@@ -109,6 +111,9 @@ COLUMNS = (
     "ip_version",
     "prefix_len",
 )
+# The columns of ``StoreWriter.upsert_values``, in order; the writer adds
+# stored_at, seen_run and the ip columns.
+VALUE_COLUMNS = COLUMNS[: COLUMNS.index("stored_at")]
 # Columns whose change makes a row "changed"; seen_run and stored_at are not.
 _CONTENT_COLUMNS = tuple(c for c in COLUMNS if c not in ("stored_at", "seen_run"))
 
@@ -146,6 +151,7 @@ def open_store(path: Path | str, *, readonly: bool = False) -> sqlite3.Connectio
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
+        conn.execute("PRAGMA temp_store = FILE")
         _migrate(conn, path)
     except sqlite3.Error as err:
         raise StoreUnavailable(f"store {path}: cannot open ({err})") from err
@@ -298,6 +304,21 @@ class StoreWriter:
         """Insert or update one indicator row (``attribute_uuid`` and ``value``)."""
         pending = self._pending[kind]
         pending.append(_row_params(kind, row, run_id=self.run_id, now=self._now))
+        if len(pending) >= _BATCH_ROWS:
+            self._flush(kind)
+
+    def upsert_values(self, kind: str, values: tuple) -> None:
+        """Like ``upsert``, from a tuple in ``VALUE_COLUMNS`` order.
+
+        ``tags`` must be JSON text and ``to_ids`` 0, 1 or None: the sync's fast
+        path, which skips building a dict per row.
+        """
+        pending = self._pending[kind]
+        if kind == "ip":
+            network = _network_columns(values[1])
+            pending.append((*values, self._now, self.run_id, *network))
+        else:
+            pending.append((*values, self._now, self.run_id, None, None))
         if len(pending) >= _BATCH_ROWS:
             self._flush(kind)
 
