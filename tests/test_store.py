@@ -14,6 +14,7 @@ import pytest
 from sync.store import (
     SCHEMA_VERSION,
     STORE_KINDS,
+    VALUE_COLUMNS,
     StoreReader,
     StoreUnavailable,
     StoreWriter,
@@ -296,3 +297,48 @@ def test_writer_killed_mid_transaction_leaves_the_previous_content(paths):
     assert child.returncode == -signal.SIGKILL
     assert counts["hash"] == {"misp": 1} and cursor == 100
     assert load_cursor(paths) == 100
+
+
+def _values(uuid, value, *, comment=None):
+    """A VALUE_COLUMNS tuple of one ip row, as the sync builds it."""
+    context = ("ip-dst", "Network activity", 1, "7", "3", "ev-3", "Event 3", "low")
+    tail = ('["tlp:white"]', comment, None, None, 1_700_000_000, "misp")
+    return (uuid, value, value, "cidr", None, *context, *tail)
+
+
+def test_upsert_values_stores_the_same_row_as_upsert(paths):
+    """The tuple path yields the row, ip columns included, that the dict path does."""
+    with StoreWriter(paths, run_id=5) as writer:
+        writer.upsert_values("ip", _values("t1", "203.0.113.0/24"))
+        values = _values("d1", "203.0.113.0/24")
+        writer.upsert("ip", dict(zip(VALUE_COLUMNS, values, strict=True)))
+        writer.commit()
+
+    conn = open_store(paths["ip"], readonly=True)
+    rows = conn.execute("SELECT * FROM indicator ORDER BY attribute_uuid").fetchall()
+    conn.close()
+    assert rows[0][1:] == rows[1][1:]
+    assert rows[0][-3:] == (5, 4, 24)
+
+
+def test_upsert_values_keeps_stored_at_and_generation_while_unchanged(paths):
+    """A re-pull of the same tuple moves seen_run only; an edit bumps both."""
+
+    def write(run_id, comment):
+        with StoreWriter(paths, run_id=run_id) as writer:
+            writer.upsert_values("ip", _values("t1", "198.51.100.7", comment=comment))
+            changed = writer.commit()
+        with StoreReader(paths) as reader:
+            row = reader.contexts("ip", "198.51.100.7")[0]
+            return changed["ip"], reader.generation(), row
+
+    first = write(1, None)
+    time.sleep(1.1)
+    same = write(2, None)
+    edited = write(3, "edited")
+
+    assert first[0] and not same[0] and edited[0]
+    assert same[1] == first[1] and edited[1] != same[1]
+    assert same[2]["stored_at"] == first[2]["stored_at"]
+    assert same[2]["seen_run"] == 2
+    assert edited[2]["stored_at"] > first[2]["stored_at"]
