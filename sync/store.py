@@ -46,7 +46,7 @@ READER_BUSY_TIMEOUT_MS = 100
 WRITER_BUSY_TIMEOUT_MS = 10_000
 # Per database; four are open in a sync. Pages past it spill to the WAL file
 # (still inside the transaction), which bounds the sync's memory.
-WRITER_CACHE_KIB = 16384
+WRITER_CACHE_KIB = 12288
 _BATCH_ROWS = 2000
 
 _MIGRATIONS: tuple[str, ...] = (
