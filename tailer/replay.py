@@ -27,6 +27,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sync.logs import kv
 from sync.store import StoreError, StoreReader, store_paths
 from tailer.enrich import build_enrichment, encode_enrichment
 from tailer.match import IndicatorIndex
@@ -424,7 +425,7 @@ def replay(cfg: Any, options: ReplayOptions, paths: Iterable[str | Path]) -> tup
             total.add(result.counts)
             if result.error:
                 errors.append(result.error)
-                log.error("replay_piece_incomplete %s", result.error)
+                log.error(kv("replay_piece_incomplete", error=result.error))
             progress.update(total, files_done=done)
     finally:
         progress.close()

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sync.logs import kv
 from sync.store import StoreError, StoreReader, store_paths
 from tailer.checkpoint import CheckpointError, CheckpointStore
 from tailer.follow import Batch, Follower, Position
@@ -157,9 +158,7 @@ class Service:
                 return opener()
             except (OSError, StoreError, CheckpointError) as err:
                 delay_s = backoff.next_delay_s()
-                log.error(
-                    "open_failed what=%s error=%s retry_in_s=%.0f", what, err, delay_s
-                )
+                log.error(kv("open_failed", what=what, error=err, retry_in_s=delay_s))
                 self.notifier.status(f"waiting for {what}: {err}")
                 self.wait_with_watchdog(delay_s)
         return None
@@ -226,10 +225,16 @@ class Service:
                 backoff.reset()
             except Exception as err:  # the loop boundary: log, back off, resume
                 delay_s = backoff.next_delay_s()
+                saved = self.saved
                 log.error(
-                    "loop_error error=%r position=%s retry_in_s=%.0f",
-                    err, self.saved, delay_s,
-                )  # fmt: skip
+                    kv(
+                        "loop_error",
+                        error=f"{type(err).__name__}: {err}",
+                        path=saved.path if saved else None,
+                        offset=saved.offset if saved else None,
+                        retry_in_s=delay_s,
+                    )
+                )
                 self.wait_with_watchdog(delay_s)
                 self.restart_follower()
 
@@ -291,7 +296,7 @@ class Service:
         try:
             return self.writer.position()
         except OSError as err:
-            log.warning("output_unavailable path=%s error=%s", self.writer.path, err)
+            log.warning(kv("output_unavailable", path=self.writer.path, error=err))
             return None
 
     def save_status(self) -> None:
@@ -385,7 +390,7 @@ class Service:
         try:
             return self.reload_config()
         except Exception as err:  # a bad edit must not stop the service
-            log.error("reload_failed error=%s; keeping the running configuration", err)
+            log.error(kv("reload_failed", error=err, action="keeping_running_config"))
             return None
 
     def apply_config(self, new_cfg: Any) -> None:
