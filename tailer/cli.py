@@ -24,6 +24,7 @@ from sync.normalize import (
     normalize_hash,
     normalize_ip,
     normalize_url,
+    url_host,
 )
 from sync.store import StoreError, StoreReader, store_paths
 
@@ -126,16 +127,23 @@ def command_replay(args: argparse.Namespace) -> int:
 # -- lookup -----------------------------------------------------------------------
 
 
-def guess_observable(text: str) -> tuple[str, str]:
-    """Return (kind, normalised value) of a value typed by a user."""
+def guess_observables(text: str) -> list[tuple[str, str]]:
+    """Return (kind, normalised value) pairs for a value typed by a user.
+
+    A URL also gives its host, as the tailer does for URL fields.
+    """
     value = text.strip()
     if is_ip(value):
-        return "ip", normalize_ip(value)
+        return [("ip", normalize_ip(value.strip("[]")))]
     if len(value) in HASH_LENGTHS and all(c in "0123456789abcdefABCDEF" for c in value):
-        return "hash", normalize_hash(value)
-    if "://" in value:
-        return "url", normalize_url(value)
-    return "domain", normalize_domain(value)
+        return [("hash", normalize_hash(value))]
+    if "://" not in value:
+        return [("domain", normalize_domain(value))]
+    found = [("url", normalize_url(value))]
+    host = url_host(value)
+    if host:
+        found.append(("ip", host) if is_ip(host) else ("domain", host))
+    return found
 
 
 def is_ip(text: str) -> bool:
@@ -158,13 +166,13 @@ def command_lookup(args: argparse.Namespace) -> int:
 
     for text in args.values:
         try:
-            kind, value = guess_observable(text)
+            observables = guess_observables(text)
         except InvalidValue as err:
             print(f"lookup {text!r}: not a valid value ({err.reason})", file=sys.stderr)
             continue
-        observable = Observable(kind, value, "lookup", text)
-        for hit in index.match(observable):
-            print(format_lookup_hit(hit, text))
+        for kind, value in observables:
+            for hit in index.match(Observable(kind, value, "lookup", text)):
+                print(format_lookup_hit(hit, text))
     return EXIT_OK
 
 

@@ -383,6 +383,7 @@ class HitSink:
         elif options.output == "-":
             self.stream = sys.stdout.buffer
         else:
+            refuse_live_log(cfg, options.output)
             self.stream = open(options.output, "wb")  # noqa: SIM115
 
     def write(self, matches: list) -> None:
@@ -408,6 +409,20 @@ class HitSink:
             self.stream.flush()
             if self.stream is not sys.stdout.buffer:
                 self.stream.close()
+
+
+def refuse_live_log(cfg: Any, output: str) -> None:
+    """--output overwrites its file: never let it be the live enrichment log."""
+    live = Path(cfg.output.path)
+    target = Path(output)
+    same = target.resolve() == live.resolve()
+    if not same and target.exists() and live.exists():
+        same = os.path.samefile(target, live)
+    if same:
+        raise ReplayError(
+            f"replay --output: is the live enrichment log (got {output}); "
+            "expected another file, or --emit to append to it"
+        )
 
 
 def replay(cfg: Any, options: ReplayOptions, paths: Iterable[str | Path]) -> tuple:

@@ -77,11 +77,13 @@ def test_lookup_normalises_like_the_tailer(config):
     ]
 
 
-def test_lookup_url_hits_the_stored_url(config):
+def test_lookup_url_hits_the_stored_url_and_its_host(config):
     hits = lookup(config, "http://c2.bad.test/gate.php")
 
-    assert hits[0]["type"] == "url"
-    assert hits[0]["indicator"] == "http://c2.bad.test/gate.php"
+    assert [(hit["type"], hit["indicator"]) for hit in hits] == [
+        ("url", "http://c2.bad.test/gate.php"),
+        ("domain", "c2.bad.test"),
+    ]
 
 
 def test_lookup_miss_prints_nothing_and_exits_zero(config):
@@ -162,3 +164,16 @@ def test_replay_indicators_since_last_sync_needs_a_synced_store(config, tmp_path
 
     assert result.returncode == 2
     assert "the store records no sync run" in result.stderr
+
+
+def test_replay_refuses_to_overwrite_the_live_enrichment_log(config, tmp_path):
+    live = tmp_path / "out" / "enrichment.json"
+    live.write_bytes(b'{"integration":"ioc_sqlite"}\n')
+
+    result = tailer_cli(
+        "replay", "--config", str(config), "--output", str(live), str(tmp_path)
+    )
+
+    assert result.returncode == 2
+    assert "is the live enrichment log" in result.stderr
+    assert live.read_bytes() == b'{"integration":"ioc_sqlite"}\n'
