@@ -51,24 +51,9 @@ def decoded_occurrences(*, expect_match: bool) -> set[tuple[str, str]]:
             continue
         for found in record["occurrences"]:
             decoded = found["path"].split(".")[0] not in FREE_TEXT_ROOTS
-            if (
-                decoded
-                and found["attribute"]
-                and product_expects(found) is expect_match
-            ):
+            if decoded and found["attribute"] and found["expect_match"] is expect_match:
                 pairs.add((record["id"], indicator_of(found["attribute"])))
     return pairs
-
-
-def product_expects(found: dict) -> bool:
-    """EXPECTED.jsonl's verdict, except where the product decided otherwise.
-
-    The digest of a `filename|sha256` attribute hits whatever file name the
-    alert shows (droppers rename files), where the data set wants the name too.
-    """
-    if found["attribute"].startswith("filename|") and "absent" in found["note"]:
-        return True
-    return found["expect_match"]
 
 
 def enrichments(path: Path) -> list[dict]:
