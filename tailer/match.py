@@ -17,6 +17,10 @@ Rules:
 * ip: equal addresses and every covering network (IPv4 and IPv6). An indicator
   with a port (``ip-dst|port``) hits only an observable carrying that port. The
   port of a ``hostname|port`` indicator is context only.
+* hash from ``filename|<hash>`` or ``malware-sample``: the digest hits only when
+  the alert also names the file (``file_name_required`` and
+  ``alert_names_file``), so the same digest under an unrelated name is not
+  reported as that attribute.
 
 ``refresh()`` compares the store generation (cheap) and, when it moved, builds
 a new index in a background thread and swaps it in with one assignment, so
@@ -28,6 +32,7 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import logging
+import re
 import threading
 import time
 from array import array
@@ -71,6 +76,26 @@ class _Tables:
     counts: dict[str, int]
     generation: tuple
     loaded_at: float
+
+
+def file_name_required(hit: Hit) -> str | None:
+    """The file name a `filename|<hash>` or `malware-sample` hit also needs."""
+    misp_type = hit.context.get("misp_type") or ""
+    if not (misp_type.startswith("filename|") or misp_type == "malware-sample"):
+        return None
+    name, separator, _ = str(hit.context.get("raw_value") or "").rpartition("|")
+    return name.strip().lower() if separator and name.strip() else None
+
+
+def alert_names_file(alert_text: str, file_name: str) -> bool:
+    """Whether `file_name` stands in the lower-cased alert text as a whole name.
+
+    The name must not be part of a longer name: `invoice.pdf.exe` is found in
+    `C:\\Users\\x\\invoice.pdf.exe` but not in `myinvoice.pdf.exe` or
+    `invoice.pdf.exe.txt`.
+    """
+    pattern = r"(?<![\w.-])" + re.escape(file_name) + r"(?![\w.-])"
+    return re.search(pattern, alert_text) is not None
 
 
 def _contains(table: array, value: str) -> bool:

@@ -19,7 +19,7 @@ import orjson
 
 from sync.logs import RateLimited
 from tailer.extract import Catalog, build_catalog, extract_observables
-from tailer.match import Hit, IndicatorIndex
+from tailer.match import Hit, IndicatorIndex, alert_names_file, file_name_required
 from tailer.select import AlertSelector
 from tailer.stats import Counts
 
@@ -110,8 +110,24 @@ def match_alert(alert: dict, ctx: Pipeline) -> list[Match]:
         for hit in ctx.index.match(observable)
     ]
     if matches:
+        matches = drop_unnamed_files(matches)
         count_hits(ctx.counts, matches)
     return matches
+
+
+def drop_unnamed_files(matches: list[Match]) -> list[Match]:
+    """Keep a `filename|<hash>` hit only when its alert names that file."""
+    kept: list[Match] = []
+    alert_text: str | None = None
+    for alert, hit in matches:
+        file_name = file_name_required(hit)
+        if file_name is not None:
+            if alert_text is None:
+                alert_text = orjson.dumps(alert).decode().lower()
+            if not alert_names_file(alert_text, file_name):
+                continue
+        kept.append((alert, hit))
+    return kept
 
 
 def count_hits(counts: Counts, matches: list[Match]) -> None:

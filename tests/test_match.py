@@ -15,7 +15,13 @@ from sync.normalize import (
     normalize_url,
 )
 from sync.store import STORE_KINDS, StoreReader, StoreWriter
-from tailer.match import IndicatorIndex, Observable
+from tailer.match import (
+    Hit,
+    IndicatorIndex,
+    Observable,
+    alert_names_file,
+    file_name_required,
+)
 
 DATA = Path(__file__).parent / "data" / "iocs-injected"
 NORMALIZE = {
@@ -379,3 +385,29 @@ def test_match_is_safe_from_several_threads(open_index):
         thread.join()
 
     assert results == [1] * 800
+
+
+def _file_hit(misp_type: str, raw_value: str) -> Hit:
+    observable = Observable("hash", "c0ffee" * 10 + "c0ff", "syscheck.sha256_after", "")
+    context = {"misp_type": misp_type, "raw_value": raw_value}
+    return Hit("hash", observable.value, observable, context)
+
+
+def test_filename_hash_hit_needs_the_file_name():
+    hit = _file_hit("filename|sha256", "Invoice.pdf.exe|" + "c0ffee" * 10 + "c0ff")
+
+    name = file_name_required(hit)
+
+    assert name == "invoice.pdf.exe"
+    assert alert_names_file('"path":"c:\\\\users\\\\x\\\\invoice.pdf.exe"', name)
+    assert alert_names_file('"path":"/tmp/invoice.pdf.exe"}', name)
+    assert not alert_names_file('"path":"/tmp/myinvoice.pdf.exe"', name)
+    assert not alert_names_file('"path":"/tmp/invoice.pdf.exe.txt"', name)
+    assert not alert_names_file('"path":"/tmp/other.exe"', name)
+
+
+def test_plain_hash_hit_needs_no_file_name():
+    assert file_name_required(_file_hit("sha256", "c0ffee" * 10 + "c0ff")) is None
+    assert file_name_required(_file_hit("malware-sample", "x.zip|" + "ab" * 16)) == (
+        "x.zip"
+    )
