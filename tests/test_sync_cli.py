@@ -117,6 +117,40 @@ def test_refused_key_exits_1_and_key_is_in_neither_stderr_nor_health(tmp_path, m
         assert wrong_key not in text and DEFAULT_API_KEY not in text
 
 
+def key_route_env(tmp_path: Path, url: str, route: str, key: str) -> dict[str, str]:
+    """Environment that hands `key` to the sync by one of its three routes."""
+    env = cli_env(tmp_path, url)
+    del env["MISP_API_KEY"]
+    if route == "environment":
+        return env | {"MISP_API_KEY": key}
+    if route == "key_file":
+        key_file = tmp_path / "misp_api_key"
+        key_file.write_text(key + "\n")
+        key_file.chmod(0o600)
+        return env | {"MISP_API_KEY_FILE": str(key_file)}
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "misp_api_key").write_text(key)
+    return env | {"CREDENTIALS_DIRECTORY": str(credentials)}
+
+
+@pytest.mark.parametrize("route", ["environment", "key_file", "credentials"])
+def test_refused_key_from_each_route_stays_out_of_debug_output(tmp_path, misp, route):
+    refused_key = "Refused" + route[:3].capitalize() + "0" * 30
+
+    result = run_cli(
+        key_route_env(tmp_path, misp.url, route, refused_key), "--log-level", "DEBUG"
+    )
+
+    assert result.returncode == 1
+    assert "MISP refused the API key (HTTP 403)" in result.stderr
+    assert "level=DEBUG" in result.stderr or "DEBUG " in result.stderr
+    health = (tmp_path / "ioc_enrichment.json").read_text()
+    assert json.loads(health.splitlines()[-1])["ioc_sync"]["status"] == "failed"
+    for text in (result.stderr, result.stdout, health):
+        assert refused_key not in text
+
+
 def test_second_concurrent_run_exits_1_with_the_lock_message(tmp_path, misp):
     env = cli_env(tmp_path, misp.url)
     misp.inject("stall", 1, seconds=3)
