@@ -31,7 +31,7 @@ import re
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -54,6 +54,8 @@ LOCK_NAME = ".sync.lock"
 RESULTS = ("ok", "incomplete", "failed")
 THREAT_LEVELS = {"1": "high", "2": "medium", "3": "low", "4": "undefined"}
 TAG_TEXT_CACHE_COUNT = 4096
+EVENT_CACHE_COUNT = 4096
+EVENT_BATCH_COUNT = 500
 
 
 class SyncError(RuntimeError):
@@ -575,9 +577,9 @@ def build_query(cfg: Config, *, mode: str, cursor: int | None, now: float) -> di
     """The restSearch body of a pull (without `page` and `limit`)."""
     misp = cfg.misp
     # The client adds returnFormat, order (Attribute.id asc), limit and page.
+    # Event context (tags, published, threat level) comes from one metadata
+    # request per new event (EventContexts), not repeated on every row.
     query: dict[str, Any] = {
-        "includeEventTags": 1,
-        "includeContext": 1,
         "type": list(misp.types) or sorted(SUPPORTED_MISP_TYPES),
     }
     if misp.categories:
@@ -595,6 +597,64 @@ def build_query(cfg: Config, *, mode: str, cursor: int | None, now: float) -> di
     elif misp.use_timestamp_filter:
         query["timestamp"] = int(now - misp.last_n_days * 86400)
     return query
+
+
+class EventContexts:
+    """Event metadata for the rows of each page, fetched once per event.
+
+    Rows of `/attributes/restSearch` carry only the event's id, uuid and info;
+    `attach` puts the whole event (Tag list, published, threat level) under
+    each row's `Event`, as `includeContext` would, from a bounded LRU cache
+    filled by one `/events/restSearch` metadata request per page. A row whose
+    event MISP does not return is held back and counted in `missing_rows`.
+    """
+
+    def __init__(self, client: Any, *, capacity: int = EVENT_CACHE_COUNT) -> None:
+        self.client = client
+        self.capacity = capacity
+        self.missing_rows = 0
+        self.missing_events: set[str] = set()
+        self._cache: OrderedDict[str, dict] = OrderedDict()
+
+    def attach(self, page: list[dict]) -> list[dict]:
+        """The rows of `page` whose event is known, each with its `Event`."""
+        events = self._events_of(page)
+        kept = []
+        for row in page:
+            event = events.get(str(row.get("event_id")))
+            if event is None:
+                self.missing_rows += 1
+                continue
+            row["Event"] = event
+            kept.append(row)
+        return kept
+
+    def _events_of(self, page: list[dict]) -> dict[str, dict]:
+        wanted = {str(row.get("event_id")) for row in page}
+        found = {i: self._cache[i] for i in wanted if i in self._cache}
+        missing = sorted(wanted - found.keys(), key=_event_order)
+        for start in range(0, len(missing), EVENT_BATCH_COUNT):
+            batch = missing[start : start + EVENT_BATCH_COUNT]
+            for event in self.client.fetch_event_metadata(batch):
+                found[str(event.get("id"))] = event
+        for event_id in wanted:
+            if event_id in found:
+                self._remember(event_id, found[event_id])
+            elif event_id not in self.missing_events:
+                self.missing_events.add(event_id)
+                log.warning(kv("event_context_missing", event_id=event_id))
+        return found
+
+    def _remember(self, event_id: str, event: dict) -> None:
+        cache = self._cache
+        cache[event_id] = event
+        cache.move_to_end(event_id)
+        if len(cache) > self.capacity:
+            cache.popitem(last=False)
+
+
+def _event_order(event_id: str) -> tuple[int, str]:
+    return (int(event_id), "") if event_id.isdigit() else (0, event_id)
 
 
 def pull_pages(pages: Iterable[list[dict]], applier: RowApplier) -> None:
@@ -659,13 +719,14 @@ def run_server_sync(
         query = build_query(cfg, mode=state.mode, cursor=cursor, now=state.started_at)
         log.info(kv("sync_start", source=state.source, mode=state.mode, cursor=cursor))
         misp = client or make_client(cfg)
+        contexts = EventContexts(misp)
         try:
             pages = misp.iter_attribute_pages(query, max_pages=cfg.misp.max_pages)
-            pull_pages(pages, state.applier)
+            pull_pages(map(contexts.attach, pages), state.applier)
         finally:
             if client is None:
                 misp.close()
-        complete = misp.incomplete is None
+        complete = misp.incomplete is None and not _held_back(contexts, state)
         seen = state.applier.counts.max_timestamp
         new_cursor = max(int(cursor or 0), seen) if complete else None
         return PullOutcome(complete, reconcile=state.mode == "full", cursor=new_cursor)
@@ -674,6 +735,24 @@ def run_server_sync(
     return execute_run(
         cfg, source=source, pull=pull, force=force, warninglists=warninglists
     )
+
+
+def _held_back(contexts: EventContexts, state: RunState) -> bool:
+    """Count rows held back for want of their event; True when there were any."""
+    if not contexts.missing_rows:
+        return False
+    counts = state.applier.counts
+    counts.pulled += contexts.missing_rows
+    counts.skipped["event_unavailable"] += contexts.missing_rows
+    log.warning(
+        kv(
+            "sync_incomplete",
+            reason="event_unavailable",
+            events=len(contexts.missing_events),
+            rows=contexts.missing_rows,
+        )
+    )
+    return True
 
 
 def make_client(cfg: Config) -> Any:

@@ -36,6 +36,7 @@ from sync.logs import MASK
 logger = logging.getLogger(__name__)
 
 RESTSEARCH_PATH = "/attributes/restSearch"
+EVENTS_PATH = "/events/restSearch"
 DEFAULT_USER_AGENT = f"wazuh-misp-ioc/{__version__}"
 PAGE_ORDER = "Attribute.id asc"
 CLIENT_PARAMS = ("returnFormat", "order", "limit", "page")
@@ -216,32 +217,54 @@ class MispClient:
         self, filters: dict[str, Any], page: int
     ) -> list[dict[str, Any]]:
         """One page (1-based) of ``filters`` in id order, with retries."""
-        body = orjson.dumps(
-            {
-                **filters,
-                "returnFormat": "json",
-                "order": PAGE_ORDER,
-                "limit": self.page_size,
-                "page": page,
-            }
+        body = {
+            **filters,
+            "returnFormat": "json",
+            "order": PAGE_ORDER,
+            "limit": self.page_size,
+            "page": page,
+        }
+        where = f"MISP {RESTSEARCH_PATH} page {page}"
+        return self._fetch(
+            RESTSEARCH_PATH, body, (where, f"page={page}"), _attributes_of
         )
+
+    def fetch_event_metadata(self, event_ids: list[str]) -> list[dict[str, Any]]:
+        """The ``Event`` objects (without attributes) of ``event_ids``, retried.
+
+        An event MISP does not return (deleted, or not visible to this key) is
+        simply absent from the list.
+        """
+        if not event_ids:
+            return []
+        body = {"returnFormat": "json", "metadata": 1, "eventid": list(event_ids)}
+        where = f"MISP {EVENTS_PATH} ({len(event_ids)} events)"
+        label = f"path={EVENTS_PATH} events={len(event_ids)}"
+        return self._fetch(EVENTS_PATH, body, (where, label), _events_of)
+
+    def _fetch(
+        self, path: str, filters: dict[str, Any], names: tuple, extract: Callable
+    ) -> list[dict[str, Any]]:
+        """POST ``filters`` with retries; ``names`` = (message prefix, log label)."""
+        where, label = names
+        body = orjson.dumps(filters)
         attempts = self.retries + 1
         cause = ""
         for attempt in range(1, attempts + 1):
             try:
-                return self._post_page(body, page, attempt)
+                return self._post(path, body, names, extract, attempt)
             except _Retryable as err:
                 cause = self._scrub(err.cause)
                 if attempt == attempts:
                     break
-                self._wait_before_retry(page, attempt, cause, err.retry_after_s)
+                self._wait_before_retry(label, attempt, cause, err.retry_after_s)
         raise MispUnavailable(
-            f"MISP {RESTSEARCH_PATH} page {page}: gave up after {attempts} attempts "
+            f"{where}: gave up after {attempts} attempts "
             f"(last cause: {cause}); expected an HTTP 200 with a complete JSON body"
         )
 
     def _wait_before_retry(
-        self, page: int, attempt: int, cause: str, retry_after_s: float | None
+        self, label: str, attempt: int, cause: str, retry_after_s: float | None
     ) -> None:
         if retry_after_s is not None:
             wait_s = min(retry_after_s, self.retry_after_max_s)
@@ -251,8 +274,8 @@ class MispClient:
             )
             wait_s = random.uniform(0, ceiling_s)
         logger.warning(
-            "misp_retry page=%d attempt=%d cause=%s wait_s=%.2f",
-            page,
+            "misp_retry %s attempt=%d cause=%s wait_s=%.2f",
+            label,
             attempt,
             _quote(cause),
             wait_s,
@@ -261,35 +284,38 @@ class MispClient:
 
     # -- one HTTP exchange
 
-    def _post_page(self, body: bytes, page: int, attempt: int) -> list[dict]:
+    def _post(
+        self, path: str, body: bytes, names: tuple, extract: Callable, attempt: int
+    ) -> list[dict]:
+        where, label = names
         started = time.monotonic()
         status: int | str = "none"
         rows: list[dict] | None = None
         try:
-            response = self._send(body)
+            response = self._send(path, body)
             status = response.status_code
             with contextlib.closing(response):
-                self._check_status(response, page)
+                self._check_status(response, where)
                 content = _read_all(response)
-            rows = _parse_page(content, response.headers, page)
+            rows = extract(_parse_body(content, response.headers, where), where)
             self.skipped_count += _skipped_count(response.headers)
             return rows
         finally:
             elapsed_ms = int((time.monotonic() - started) * 1000)
             logger.debug(
-                "misp_request page=%d attempt=%d status=%s rows=%s elapsed_ms=%d",
-                page,
+                "misp_request %s attempt=%d status=%s rows=%s elapsed_ms=%d",
+                label,
                 attempt,
                 status,
                 "none" if rows is None else len(rows),
                 elapsed_ms,
             )
 
-    def _send(self, body: bytes) -> requests.Response:
+    def _send(self, path: str, body: bytes) -> requests.Response:
         try:
             with self._tls_warning_filter():
                 return self._session.post(
-                    self.url + RESTSEARCH_PATH,
+                    self.url + path,
                     data=body,
                     timeout=self.timeout_s,
                     verify=self._verify,
@@ -323,7 +349,7 @@ class MispClient:
                 warnings.simplefilter("ignore", InsecureRequestWarning)
             yield
 
-    def _check_status(self, response: requests.Response, page: int) -> None:
+    def _check_status(self, response: requests.Response, where: str) -> None:
         status = response.status_code
         if 200 <= status < 300:
             return
@@ -336,13 +362,10 @@ class MispClient:
         if 300 <= status < 400:
             location = response.headers.get("Location", "")
             raise MispResponseError(
-                f"MISP {RESTSEARCH_PATH} page {page}: redirected (HTTP {status} to "
+                f"{where}: redirected (HTTP {status} to "
                 f"{location}); expected misp.url to be the final address"
             )
-        raise MispResponseError(
-            f"MISP {RESTSEARCH_PATH} page {page}: HTTP {status}: {message}; "
-            "expected HTTP 200"
-        )
+        raise MispResponseError(f"{where}: HTTP {status}: {message}; expected HTTP 200")
 
     def _scrub(self, text: str) -> str:
         key = self._secret.reveal()
@@ -388,8 +411,7 @@ def _read_all(response: requests.Response) -> bytes:
         raise _Retryable(_describe(err)) from None
 
 
-def _parse_page(content: bytes, headers: Any, page: int) -> list[dict]:
-    where = f"MISP {RESTSEARCH_PATH} page {page}"
+def _parse_body(content: bytes, headers: Any, where: str) -> Any:
     content_type = headers.get("Content-Type", "")
     if content[:1] == b"<" and "json" not in content_type:
         raise MispResponseError(
@@ -397,10 +419,9 @@ def _parse_page(content: bytes, headers: Any, page: int) -> list[dict]:
             "expected application/json from the MISP base URL"
         )
     try:
-        document = orjson.loads(content)
+        return orjson.loads(content)
     except orjson.JSONDecodeError as err:
         raise _Retryable(f"invalid JSON body of {len(content)} bytes ({err})") from None
-    return _attributes_of(document, where)
 
 
 def _attributes_of(document: Any, where: str) -> list[dict]:
@@ -426,6 +447,24 @@ def _attributes_of(document: Any, where: str) -> list[dict]:
                 f"(got {got}); {expected}"
             )
     return attributes
+
+
+def _events_of(document: Any, where: str) -> list[dict]:
+    expected = 'expected {"response": [{"Event": {...}}, ...]}'
+    response = document.get("response") if isinstance(document, dict) else None
+    if not isinstance(response, list):
+        got = type(response).__name__ if response is not None else "no 'response'"
+        raise MispResponseError(f"{where}: bad framing (got {got}); {expected}")
+    events = []
+    for position, entry in enumerate(response):
+        event = entry.get("Event") if isinstance(entry, dict) else None
+        if not isinstance(event, dict):
+            raise MispResponseError(
+                f"{where}: response[{position}].Event is not an object "
+                f"(got {type(event).__name__}); {expected}"
+            )
+        events.append(event)
+    return events
 
 
 def _error_message(response: requests.Response) -> str:

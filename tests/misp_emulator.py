@@ -1,5 +1,8 @@
 """A stand-in for MISP's ``POST /attributes/restSearch`` served on loopback.
 
+``POST /events/restSearch`` is served in its ``metadata`` form only (events
+without attributes, selected by ``eventid``), which a sync uses for event context.
+
 The emulator follows MISP 2.5.1's behaviour for the attribute scope: key check,
 parameter whitelist, ``||`` splitting, the filters a sync uses, LIMIT/OFFSET paging
 with no default order, the literal JSON framing and the error bodies. Tests load real
@@ -39,6 +42,7 @@ from typing import Any
 import orjson
 
 RESTSEARCH_PATHS = ("/attributes/restSearch", "/attributes/restSearch.json")
+EVENTS_PATHS = ("/events/restSearch", "/events/restSearch.json")
 KEY_PATTERN = re.compile(r"^[a-zA-Z0-9]{40}$")
 
 MSG_AUTH = (
@@ -703,6 +707,7 @@ SYNTHETIC_EVENT_TAGS = (
     ',"Tag":[{"id":"1","name":"tlp:white","colour":"#ffffff",'
     '"numerical_value":null,"inherited":1}]'
 )
+EVENT_PARAMS = frozenset("returnFormat eventid metadata limit page".split())
 SYNTHETIC_PARAMS = frozenset(
     "returnFormat limit page order timestamp attribute_timestamp to_ids deleted "
     "published type tags enforceWarninglist includeEventTags includeContext "
@@ -776,6 +781,40 @@ class _Synthetic:
         if _is_truthy(params.get("includeEventTags")):
             tail += SYNTHETIC_EVENT_TAGS
         return tail
+
+    def event_count(self) -> int:
+        return -(-self.count // self.per_event)
+
+    def event_metadata(self, event_id: int) -> dict[str, Any]:
+        """Event ``event_id`` as ``/events/restSearch`` with ``metadata`` gives it."""
+        last_index = min(event_id * self.per_event, self.count) - 1
+        last_stamp = self.timestamp(last_index)
+        day = datetime.fromtimestamp(last_stamp, UTC).date().isoformat()
+        record = orjson.loads(
+            SYNTHETIC_CONTEXT_EVENT
+            % (
+                event_id,
+                day,
+                event_id,
+                SYNTHETIC_EVENT_UUID % (event_id, self.seed),
+                last_stamp,
+                last_stamp,
+            )
+        )
+        record["attribute_count"] = str(
+            last_index - (event_id - 1) * self.per_event + 1
+        )
+        record["Tag"] = [_event_tag(t | {"is_galaxy": False}) for t in record["Tag"]]
+        return record
+
+    def events(self, wanted: Any) -> list[dict[str, Any]]:
+        """Events whose id or uuid is among ``wanted`` (all when empty), by id."""
+        numbers = range(1, self.event_count() + 1)
+        if wanted not in (None, "", []):
+            any_terms, _, _ = _terms(wanted)
+            picked = {int(t) for t in any_terms if t.isdigit()}
+            numbers = sorted(n for n in picked if 1 <= n <= self.event_count())
+        return [self.event_metadata(n) for n in numbers]
 
     def index_range(self, params: dict[str, Any], now: int) -> range:
         """Indexes that pass the filters, in id order."""
@@ -1025,6 +1064,7 @@ class MispEmulator:
         self._faults: list[Fault] = []
         self._requests: list[RequestRecord] = []
         self._warninglist: set[str] = set()
+        self._withheld_events: set[int] = set()
         self._clock: float | None = None
         self._query_count = 0
         self._server: _Server | None = None
@@ -1205,6 +1245,12 @@ class MispEmulator:
         event["published"] = False
         event["timestamp"] = self.now()
 
+    def withhold_event_metadata(self, event_id: int) -> None:
+        """Leave the event out of ``/events/restSearch`` answers, as if it had been
+        deleted between an attribute page and the metadata request."""
+        with self._lock:
+            self._withheld_events.add(int(event_id))
+
     def set_warninglist(self, values: Iterable[str]) -> None:
         """Values that ``enforceWarninglist`` drops (either half of a composite)."""
         with self._lock:
@@ -1284,12 +1330,14 @@ class MispEmulator:
         return any(KEY_PATTERN.match(k) and k == self.api_key for k in keys)
 
     def _restsearch(self, method: str, path: str, target: str, raw: bytes):
-        if path not in RESTSEARCH_PATHS:
+        if path not in RESTSEARCH_PATHS + EVENTS_PATHS:
             raise HttpError(404, "Not Found")
         if method == "GET":
             if "?" in target:
                 raise HttpError(501, "emulator: URL parameters are not emulated")
             raise HttpError(400, MSG_GET)
+        if path in EVENTS_PATHS:
+            return self._event_search(_parse_body(raw))
         params = _split_params(_parse_body(raw))
         self._check_format(params.get("returnFormat") or "json")
         if self._synthetic is not None:
@@ -1346,6 +1394,52 @@ class MispEmulator:
         headers = _ok_headers(_result_count(limit, row_count), 0)
         chunks = self._synthetic.chunks(indexes, params)
         return _Response(200, headers, chunks=chunks)
+
+    def _event_search(self, raw_params: dict[str, Any]) -> _Response:
+        params = {k: v for k, v in raw_params.items() if k in EVENT_PARAMS}
+        if params.get("returnFormat", "json") != "json":
+            raise HttpError(501, "emulator: only returnFormat json for events")
+        if not _is_truthy(params.get("metadata")):
+            raise HttpError(501, "emulator: events with attributes are not emulated")
+        wanted = params.get("eventid")
+        if self._synthetic is not None:
+            events = self._synthetic.events(wanted)
+        else:
+            with self._lock:
+                events = [
+                    _metadata_event(e)
+                    for e in self._store.events.values()
+                    if e["id"] not in self._withheld_events
+                    and (
+                        wanted in (None, "", []) or _match_terms(wanted, _event_keys(e))
+                    )
+                ]
+        offset, limit = _page_window(params)
+        page = events[offset : offset + limit] if limit else events
+        body = orjson.dumps({"response": [{"Event": e} for e in page]})
+        headers = _ok_headers(len(events), 0)
+        headers["Content-Disposition"] = 'attachment; filename="misp.event.list.json"'
+        del headers["X-Skipped-Elements-Count"]
+        return _Response(200, headers, body)
+
+
+def _event_keys(event: dict[str, Any]) -> list[str]:
+    return [str(event["id"]), event["uuid"]]
+
+
+def _metadata_event(event: dict[str, Any]) -> dict[str, Any]:
+    """An event as ``/events/restSearch`` with ``metadata`` renders it."""
+    record = _context_event(event)
+    del record["Tag"]
+    record["Org"] = {"id": event["org_id"], "name": event["Orgc"]["name"]}
+    if event["Tag"]:
+        record["Tag"] = [_event_tag(t) for t in event["Tag"]]
+    return record
+
+
+def _event_tag(tag: dict[str, Any]) -> dict[str, Any]:
+    fields = ("id", "name", "colour", "numerical_value", "is_galaxy", "local")
+    return {k: tag[k] for k in fields}
 
 
 def _ok_headers(result_count: int, skipped_count: int) -> dict[str, str]:

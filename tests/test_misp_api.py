@@ -376,3 +376,30 @@ def test_a_pull_stopped_early_or_failed_is_not_reported_complete(small):
 
     assert len(first_page) == 50
     assert stopped.incomplete == failed.incomplete == "not_finished"
+
+
+def test_event_metadata_comes_in_one_request_and_faults_are_retried(small):
+    known = str(next(iter(small._store.events)))
+    small.inject("status500", 1)
+    with client_for(small) as client:
+        events = client.fetch_event_metadata([known, "77"])
+
+    bodies = [r.body for r in small.requests if r.path == "/events/restSearch"]
+    assert [e["id"] for e in events] == [known]
+    assert bodies[-1] == {
+        "returnFormat": "json",
+        "metadata": 1,
+        "eventid": [known, "77"],
+    }
+    assert len(bodies) == 2
+
+
+def test_event_metadata_of_the_wrong_shape_names_the_endpoint(fixed_server):
+    server = fixed_server(200, b'{"response": {"Event": []}}')
+    with MispClient(server, Secret(DEFAULT_API_KEY), retries=0) as client:
+        with pytest.raises(MispResponseError) as caught:
+            client.fetch_event_metadata(["1"])
+
+    assert str(caught.value).startswith(
+        "MISP /events/restSearch (1 events): bad framing"
+    )

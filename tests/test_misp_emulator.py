@@ -413,3 +413,48 @@ def test_paging_without_order_repeats_and_misses_rows_as_misp_may(sednit):
     uuids = [r["uuid"] for page in pages for r in page]
     assert len(uuids) == 122
     assert len(set(uuids)) < 122
+
+
+def event_search(misp: MispEmulator, body: dict) -> requests.Response:
+    return requests.post(
+        misp.url + "/events/restSearch",
+        data=orjson.dumps(body),
+        headers=AUTH,
+        timeout=10,
+    )
+
+
+def test_event_metadata_search_returns_a_list_of_events_without_attributes(several):
+    first_id, _, third_id = sorted(str(i) for i in several._store.events)
+    wanted = {"returnFormat": "json", "metadata": 1, "eventid": [first_id, third_id]}
+
+    response = event_search(several, wanted)
+    everything = event_search(several, {"metadata": 1, "limit": 2, "page": 2})
+    with_attributes = event_search(several, {"eventid": [first_id]})
+
+    events = [entry["Event"] for entry in response.json()["response"]]
+    assert [e["id"] for e in events] == [first_id, third_id]
+    assert all("Attribute" not in e and "Object" not in e for e in events)
+    first = events[0]
+    stored = several._store.events[int(first_id)]
+    assert first["info"] == stored["info"]
+    assert isinstance(first["published"], bool)
+    assert isinstance(first["threat_level_id"], str) and first["timestamp"].isdigit()
+    assert {t["name"] for t in first["Tag"]} == {t["name"] for t in stored["Tag"]}
+    assert [e["Event"]["id"] for e in everything.json()["response"]] == [third_id]
+    assert with_attributes.status_code == 501
+
+
+def test_synthetic_event_metadata_matches_the_context_of_its_rows():
+    with MispEmulator.synthetic(2_500, per_event=1000) as misp:
+        context = rows(misp, includeContext=1, order="Attribute.id asc", limit=1)
+        response = event_search(misp, {"metadata": 1, "eventid": ["1", "3", "9"]})
+
+    events = [entry["Event"] for entry in response.json()["response"]]
+    assert [e["id"] for e in events] == ["1", "3"]
+    expected = context[0]["Event"]
+    assert {
+        k: events[0][k] for k in ("uuid", "info", "published", "threat_level_id")
+    } == {k: expected[k] for k in ("uuid", "info", "published", "threat_level_id")}
+    assert [t["name"] for t in events[0]["Tag"]] == ["tlp:white"]
+    assert events[1]["attribute_count"] == "500"

@@ -134,16 +134,58 @@ def test_first_run_is_full_then_next_run_is_incremental(tmp_path, misp):
     }
 
 
-def test_query_asks_for_context_and_stored_types_only(tmp_path, misp):
-    load_sample(misp)
+def test_query_asks_for_stored_types_and_event_context_once(tmp_path, misp):
+    sample = load_sample(misp)
 
-    run_server_sync(make_cfg(tmp_path, misp.url, misp__categories=["Network activity"]))
+    run_server_sync(make_cfg(tmp_path, misp.url, misp__categories=["Other"]))
 
     body = misp.requests[0].body
-    assert body["includeEventTags"] == 1 and body["includeContext"] == 1
+    assert "includeEventTags" not in body and "includeContext" not in body
+    events = [r for r in misp.requests if r.path == "/events/restSearch"]
+    assert [r.body for r in events] == [
+        {"returnFormat": "json", "metadata": 1, "eventid": [str(sample["event_id"])]}
+    ]
     assert "text" not in body["type"] and "domain|ip" in body["type"]
-    assert body["category"] == ["Network activity"]
+    assert body["category"] == ["Other"]
     assert "to_ids" not in body and "tags" not in body and "published" not in body
+
+
+def test_event_context_is_fetched_once_per_event_across_pages(tmp_path, misp):
+    first = load_sample(misp, tags=("tlp:amber", "apt"))
+    second = misp.add_event(info="Second", Tag=["tlp:red"], threat_level_id="1")
+    misp.load_attributes([attribute("192.0.2.200")], event=second)
+    cfg = make_cfg(tmp_path, misp.url, misp__page_size=2)
+
+    report = run_server_sync(cfg)
+
+    events = [r.body["eventid"] for r in misp.requests if "events" in r.path]
+    assert events == [[str(first["event_id"])], [str(second)]]
+    assert report.pages == 4 and report.result == "ok"
+    with sqlite3.connect(tmp_path / "store" / "ips.db") as conn:
+        rows = dict(
+            conn.execute(
+                "SELECT value, tags || event_info || threat_level FROM indicator"
+            )
+        )
+    assert rows["198.51.100.7"] == '["tlp:amber","apt"]Sampleundefined'
+    assert rows["192.0.2.200"] == '["tlp:red"]Secondhigh'
+
+
+def test_rows_of_an_event_missing_from_metadata_are_held_back_as_incomplete(
+    tmp_path, misp
+):
+    sample = load_sample(misp)
+    other = misp.add_event(info="Other")
+    misp.load_attributes([attribute("192.0.2.201")], event=other)
+    misp.withhold_event_metadata(other)
+
+    report = run_server_sync(make_cfg(tmp_path, misp.url))
+
+    assert report.result == "incomplete" and report.cursor is None
+    assert report.skipped["event_unavailable"] == 1
+    assert report.stored["ip"] == 3
+    assert "192.0.2.201" not in stored_values(tmp_path / "store", "ip")
+    assert sample["198.51.100.7"]
 
 
 def test_soft_deleted_attribute_disappears_at_next_incremental_run(tmp_path, misp):
@@ -261,7 +303,8 @@ def test_server_error_mid_pull_leaves_store_and_cursor_as_they_were(tmp_path, mi
     for value, uuid in sample.items():
         if value != "event_id":
             misp.soft_delete_attribute(uuid)
-    misp.inject("stall", 1, seconds=0)
+    # Page 1 and its event metadata pass; page 2 fails.
+    misp.inject("stall", 2, seconds=0)
     misp.inject("status500", 1)
 
     report = run_server_sync(cfg)
