@@ -69,12 +69,78 @@ class FieldSpec:
 
 @dataclass(frozen=True)
 class Catalog:
-    """Field specs grouped by root key, plus the extraction options."""
+    """Field specs grouped by root key, plus the extraction options.
+
+    The groups are compiled once into `_Group`s: an alert then costs one lookup
+    per key it carries under `data`, and the walk shared by a group (such as
+    `data.win.eventdata`) is done once per alert instead of once per field.
+    """
 
     by_root: Mapping[str, tuple[FieldSpec, ...]]
     skip_private: bool = True
     scan_free_text: bool = False
     roots: frozenset[str] = field(default=frozenset())
+    data_groups: Mapping[str, _Group] = field(init=False, repr=False, compare=False)
+    other_groups: tuple[tuple[str, _Group], ...] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        data_groups, other_groups = {}, []
+        for root, specs in self.by_root.items():
+            if root.startswith("data."):
+                data_groups[root[5:]] = _compile_group(specs)
+            else:
+                other_groups.append((root, _compile_group(specs)))
+        object.__setattr__(self, "data_groups", data_groups)
+        object.__setattr__(self, "other_groups", tuple(other_groups))
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    """A FieldSpec compiled for reading below its group's root value."""
+
+    path: str
+    kind: str
+    read: Callable[..., None]
+    rest: tuple[str, ...]
+    suffix: tuple[str, ...]
+    port_parts: tuple[str, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """The fields under one root, with the path steps they all share."""
+
+    prefix: tuple[str, ...]
+    fields: tuple[_Field, ...]
+
+
+def _compile_group(specs: Sequence[FieldSpec]) -> _Group:
+    rests = [_below_root(spec.parts) for spec in specs]
+    shortest = min(len(rest) for rest in rests)
+    prefix: tuple[str, ...] = ()
+    for step in range(shortest):
+        if len({rest[step] for rest in rests}) > 1:
+            break
+        prefix = rests[0][: step + 1]
+    fields = tuple(
+        _Field(
+            spec.path,
+            spec.kind,
+            _READERS[spec.reader],
+            rest,
+            rest[len(prefix) :],
+            tuple(spec.port_path.split(".")) if spec.port_path else None,
+        )
+        for spec, rest in zip(specs, rests, strict=True)
+    )
+    return _Group(prefix, fields)
+
+
+def _below_root(parts: tuple[str, ...]) -> tuple[str, ...]:
+    """The path steps below the value a group is read from (see `_root`)."""
+    return parts[2:] if parts[0] == "data" and len(parts) > 1 else parts[1:]
 
 
 def _specs(kind: str, reader: str, *paths: str) -> list[FieldSpec]:
@@ -223,46 +289,93 @@ def extract_observables(
     """Normalised observables of one alert, deduplicated per (kind, value, port).
 
     Values that do not normalise are dropped and counted in `drops` by reason.
+    Fields are read in the order of the alert's keys under `data`, then the
+    catalog's order; the first field holding a value names its observable.
     """
-    found: dict[tuple, Observable] = {}
-    context = _Context(alert, catalog, drops if drops is not None else Counter())
-    for spec in _relevant_specs(alert, catalog):
-        for observable in _read_spec(context, spec):
-            key = (observable.kind, observable.value, observable.port)
-            found.setdefault(key, observable)
-
-    if catalog.scan_free_text:
-        for observable in _scan_free_text(context):
-            key = (observable.kind, observable.value, observable.port)
-            found.setdefault(key, observable)
-    return list(found.values())
-
-
-@dataclass(frozen=True)
-class _Context:
-    alert: Mapping[str, Any]
-    catalog: Catalog
-    drops: Counter
-
-
-def _relevant_specs(alert: Mapping[str, Any], catalog: Catalog) -> Iterator[FieldSpec]:
+    run = _Run(alert, catalog.skip_private, drops if drops is not None else Counter())
     data = alert.get("data")
     if isinstance(data, dict):
-        for key in data:
-            yield from catalog.by_root.get("data." + key, ())
-    for root in catalog.roots:
-        if not root.startswith("data.") and root in alert:
-            yield from catalog.by_root[root]
+        groups = catalog.data_groups
+        for key in _keys_in(data, groups):
+            _read_group(run, groups[key], data[key])
+    for root, group in catalog.other_groups:
+        if root in alert:
+            _read_group(run, group, alert[root])
+
+    if catalog.scan_free_text:
+        _scan_free_text(run)
+    return list(run.found.values())
 
 
-def _read_spec(context: _Context, spec: FieldSpec) -> Iterator[Observable]:
-    reader = _READERS[spec.reader]
-    for raw in _values_at(context.alert, spec.parts):
-        if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+@dataclass(slots=True)
+class _Run:
+    """The alert being read and what was found in it so far."""
+
+    alert: Mapping[str, Any]
+    skip_private: bool
+    drops: Counter
+    found: dict[tuple, Observable] = field(default_factory=dict)
+
+
+def _keys_in(data: dict, groups: Mapping[str, _Group]) -> list[str] | set[str]:
+    """The keys of `data` that have a group, in the alert's order."""
+    common = groups.keys() & data.keys()
+    if len(common) < 2:
+        return common
+    return [key for key in data if key in common]
+
+
+_MISSING = object()
+_LISTED = object()
+
+
+def _walk(node: Any, parts: tuple[str, ...]) -> Any:
+    """The value at `parts` below `node`; _MISSING, or _LISTED at a list on the way."""
+    for part in parts:
+        if isinstance(node, dict):
+            node = node.get(part, _MISSING)
+            if node is _MISSING:
+                return _MISSING
+        elif isinstance(node, list):
+            return _LISTED
+        else:
+            return _MISSING
+    return node
+
+
+def _read_group(run: _Run, group: _Group, node: Any) -> None:
+    base = _walk(node, group.prefix)
+    if base is _MISSING:
+        return
+    if base is _LISTED:
+        for spec in group.fields:
+            _read_values(run, spec, _values_at(node, spec.rest))
+        return
+
+    for spec in group.fields:
+        value = _walk(base, spec.suffix)
+        if value is _MISSING:
             continue
+        if value is _LISTED or isinstance(value, list):
+            _read_values(run, spec, _values_at(base, spec.suffix))
+        else:
+            _read_value_at(run, spec, value)
+
+
+def _read_values(run: _Run, spec: _Field, values: Iterator[Any]) -> None:
+    for raw in values:
+        _read_value_at(run, spec, raw)
+
+
+def _read_value_at(run: _Run, spec: _Field, raw: Any) -> None:
+    if isinstance(raw, str):
+        text = raw.strip()
+    elif isinstance(raw, (int, float)) and not isinstance(raw, bool):
         text = str(raw).strip()
-        if text and text not in ("-", "null", "N/A"):
-            yield from reader(context, spec, text)
+    else:
+        return
+    if text and text not in ("-", "null", "N/A"):
+        spec.read(run, spec, text)
 
 
 def _values_at(node: Any, parts: Sequence[str]) -> Iterator[Any]:
@@ -278,50 +391,75 @@ def _values_at(node: Any, parts: Sequence[str]) -> Iterator[Any]:
         yield from _values_at(node[parts[0]], parts[1:])
 
 
-def _port(context: _Context, spec: FieldSpec) -> int | None:
-    if spec.port_path is None:
+def _port(run: _Run, spec: _Field) -> int | None:
+    if spec.port_parts is None:
         return None
-    for raw in _values_at(context.alert, spec.port_path.split(".")):
-        if str(raw).isdigit() and 0 < int(raw) < 65536:
-            return int(raw)
+    value = _walk(run.alert, spec.port_parts)
+    if value is _MISSING:
+        return None
+    if value is not _LISTED and not isinstance(value, list):
+        return _port_number(value)
+    for raw in _values_at(run.alert, spec.port_parts):
+        port = _port_number(raw)
+        if port is not None:
+            return port
     return None
+
+
+def _port_number(raw: Any) -> int | None:
+    text = str(raw)
+    return int(text) if text.isdecimal() and 0 < int(text) < 65536 else None
 
 
 # --- building observables -------------------------------------------------------
 
 
 def _make(
-    context: _Context, kind: str, text: str, path: str, raw: str, **options: Any
-) -> Iterator[Observable]:
-    """One normalised observable (a URL also yields its host); bad values counted."""
+    run: _Run,
+    kind: str,
+    text: str,
+    path: str,
+    raw: str,
+    *,
+    port: int | None = None,
+    algorithm: str | None = None,
+) -> None:
+    """One normalised observable (a URL also gives its host); bad values counted."""
     try:
-        value = _NORMALIZERS[kind](text, options.get("algorithm"))
+        value = _normalize(kind, text, algorithm)
     except InvalidValue as err:
-        context.drops[getattr(err, "reason", "invalid_value")] += 1
+        run.drops[getattr(err, "reason", "invalid_value")] += 1
         return
-    if kind == "ip" and context.catalog.skip_private and is_skipped_address(value):
-        context.drops["skipped_address"] += 1
+    if kind == "ip" and run.skip_private and is_skipped_address(value):
+        run.drops["skipped_address"] += 1
         return
 
-    yield Observable(kind, value, path, raw, options.get("port"))
+    key = (kind, value, port)
+    if key not in run.found:
+        run.found[key] = Observable(kind, value, path, raw, port)
     if kind == "url":
-        yield from _url_host(context, value, path, raw)
+        _url_host(run, value, path, raw)
 
 
-def _url_host(context: _Context, url: str, path: str, raw: str) -> Iterator[Observable]:
+def _normalize(kind: str, text: str, algorithm: str | None) -> str:
+    if kind == "ip":
+        return normalize_ip(text)
+    if kind == "hash":
+        return normalize_hash(text, algorithm)
+    if kind == "domain":
+        return normalize_domain(text)
+    return normalize_url(text)
+
+
+def _url_host(run: _Run, url: str, path: str, raw: str) -> None:
     host = url_host(url)
-    if not host:
-        return
-    yield from _ip_or_domain(context, host, path, raw)
+    if host:
+        _ip_or_domain(run, host, path, raw)
 
 
-def _ip_or_domain(
-    context: _Context, text: str, path: str, raw: str
-) -> Iterator[Observable]:
-    if _looks_like_ip(text):
-        yield from _make(context, "ip", text, path, raw)
-    else:
-        yield from _make(context, "domain", text, path, raw)
+def _ip_or_domain(run: _Run, text: str, path: str, raw: str) -> None:
+    kind = "ip" if _looks_like_ip(text) else "domain"
+    _make(run, kind, text, path, raw)
 
 
 def _looks_like_ip(text: str) -> bool:
@@ -329,31 +467,19 @@ def _looks_like_ip(text: str) -> bool:
     return ":" in stripped or stripped.replace(".", "").isdigit()
 
 
-_NORMALIZERS: dict[str, Callable[[str, str | None], str]] = {
-    "ip": lambda text, _alg: normalize_ip(text),
-    "domain": lambda text, _alg: normalize_domain(text),
-    "url": lambda text, _alg: normalize_url(text),
-    "hash": lambda text, alg: normalize_hash(text, alg),
-}
-
-
 # --- readers: one per field shape ------------------------------------------------
 
 
-def _read_value(context: _Context, spec: FieldSpec, text: str) -> Iterator[Observable]:
-    port = _port(context, spec)
-    yield from _make(context, spec.kind, text, spec.path, text, port=port)
+def _read_value(run: _Run, spec: _Field, text: str) -> None:
+    port = _port(run, spec) if spec.port_parts else None
+    _make(run, spec.kind, text, spec.path, text, port=port)
 
 
-def _read_ip_or_domain(
-    context: _Context, spec: FieldSpec, text: str
-) -> Iterator[Observable]:
-    yield from _ip_or_domain(context, text, spec.path, text)
+def _read_ip_or_domain(run: _Run, spec: _Field, text: str) -> None:
+    _ip_or_domain(run, text, spec.path, text)
 
 
-def _read_host_port(
-    context: _Context, spec: FieldSpec, text: str
-) -> Iterator[Observable]:
+def _read_host_port(run: _Run, spec: _Field, text: str) -> None:
     """`1.2.3.4:5678`, `[2001:db8::1]:443` or a bare address (Office 365 ClientIP)."""
     host, port = text, None
     if text.startswith("["):
@@ -361,97 +487,81 @@ def _read_host_port(
         port = rest[1:] if rest.startswith(":") else None
     elif text.count(":") == 1:
         host, port = text.split(":")
-    port_number = int(port) if port and port.isdigit() and int(port) < 65536 else None
-    yield from _make(context, "ip", host, spec.path, text, port=port_number)
+    port_number = int(port) if port and port.isdecimal() and int(port) < 65536 else None
+    _make(run, "ip", host, spec.path, text, port=port_number)
 
 
-def _read_sysmon_hashes(
-    context: _Context, spec: FieldSpec, text: str
-) -> Iterator[Observable]:
+def _read_sysmon_hashes(run: _Run, spec: _Field, text: str) -> None:
     """`SHA1=..,MD5=..,SHA256=..,IMPHASH=..`; IMPHASH is not a file hash."""
     for pair in text.split(","):
         algorithm, _, digest = pair.strip().partition("=")
         algorithm = algorithm.strip().lower()
-        if algorithm in ("md5", "sha1", "sha256", "sha512") and digest.strip():
-            yield from _make(
-                context, "hash", digest.strip(), spec.path, text, algorithm=algorithm
-            )
+        digest = digest.strip()
+        if algorithm in ("md5", "sha1", "sha256", "sha512") and digest:
+            _make(run, "hash", digest, spec.path, text, algorithm=algorithm)
 
 
-def _read_query_results(
-    context: _Context, spec: FieldSpec, text: str
-) -> Iterator[Observable]:
+def _read_query_results(run: _Run, spec: _Field, text: str) -> None:
     """Sysmon EID 22: `type:  5 cname;1.2.3.4;::ffff:5.6.7.8;`."""
     for entry in text.split(";"):
         entry = entry.strip()
         if entry.startswith("type:"):
-            name = entry.split()[-1] if len(entry.split()) > 2 else ""
-            if name:
-                yield from _make(context, "domain", name, spec.path, text)
+            words = entry.split()
+            if len(words) > 2:
+                _make(run, "domain", words[-1], spec.path, text)
         elif entry:
-            yield from _ip_or_domain(context, entry, spec.path, text)
+            _ip_or_domain(run, entry, spec.path, text)
 
 
-def _read_url_field(
-    context: _Context, spec: FieldSpec, text: str
-) -> Iterator[Observable]:
+def _read_url_field(run: _Run, spec: _Field, text: str) -> None:
     """`data.url`: a full URL (squid), a query name (BIND, Unbound) or only a path."""
     if _SCHEME.match(text):
-        yield from _make(context, "url", text, spec.path, text)
+        _make(run, "url", text, spec.path, text)
         return
-    if _decoder_is(context.alert, DNS_DECODERS):
-        yield from _make(context, "domain", text, spec.path, text)
+    if _decoder_is(run.alert, DNS_DECODERS):
+        _make(run, "domain", text, spec.path, text)
         return
-    if _decoder_is(context.alert, ("squid",)) and not text.startswith("/"):
+    if _decoder_is(run.alert, ("squid",)) and not text.startswith("/"):
         # A CONNECT request logs `host:port`.
-        yield from _ip_or_domain(context, text.rsplit(":", 1)[0], spec.path, text)
+        _ip_or_domain(run, text.rsplit(":", 1)[0], spec.path, text)
         return
     # A path and query: only URLs embedded in it (redirect targets, injected links).
     # Parameters are split before decoding, so `&` ends an encoded URL value.
     for parameter in text.split("&"):
-        yield from _urls_in_text(context, spec, parameter, text)
+        _urls_in_text(run, spec.path, parameter, text)
 
 
-def _read_urls_in_text(
-    context: _Context, spec: FieldSpec, text: str
-) -> Iterator[Observable]:
-    yield from _urls_in_text(context, spec, text, text)
+def _read_urls_in_text(run: _Run, spec: _Field, text: str) -> None:
+    _urls_in_text(run, spec.path, text, text)
 
 
-def _urls_in_text(
-    context: _Context, spec: FieldSpec, text: str, raw: str
-) -> Iterator[Observable]:
+def _urls_in_text(run: _Run, path: str, text: str, raw: str) -> None:
+    if "://" not in text and "%" not in text:
+        return
     decoded = unquote(text) if "%" in text else text
     for match in _URL_IN_TEXT.finditer(decoded):
-        url = match.group(0).rstrip(_URL_TRAILING)
-        yield from _make(context, "url", url, spec.path, raw)
+        _make(run, "url", match.group(0).rstrip(_URL_TRAILING), path, raw)
 
 
-def _read_suricata_http_url(
-    context: _Context, spec: FieldSpec, text: str
-) -> Iterator[Observable]:
+def _read_suricata_http_url(run: _Run, spec: _Field, text: str) -> None:
     """Suricata's `http.url` is a path; the URL is joined with `http.hostname`."""
-    http = context.alert.get("data", {}).get("http", {})
+    http = run.alert.get("data", {}).get("http", {})
     hostname = http.get("hostname") if isinstance(http, dict) else None
     if not isinstance(hostname, str) or not hostname or not text.startswith("/"):
         return
-    port = str(context.alert["data"].get("dest_port", ""))
+    port = str(run.alert["data"].get("dest_port", ""))
     authority = hostname if port in ("", "80") else f"{hostname}:{port}"
-    yield from _make(context, "url", f"http://{authority}{text}", spec.path, text)
+    _make(run, "url", f"http://{authority}{text}", spec.path, text)
 
 
-def _read_vt_permalink(
-    context: _Context, spec: FieldSpec, text: str
-) -> Iterator[Observable]:
+def _read_vt_permalink(run: _Run, spec: _Field, text: str) -> None:
     """The SHA-256 inside a VirusTotal permalink path."""
     match = _VT_FILE.search(text)
     if match:
-        yield from _make(
-            context, "hash", match.group(1), spec.path, text, algorithm="sha256"
-        )
+        _make(run, "hash", match.group(1), spec.path, text, algorithm="sha256")
 
 
-_READERS = {
+_READERS: dict[str, Callable[[_Run, _Field, str], None]] = {
     "value": _read_value,
     "ip_or_domain": _read_ip_or_domain,
     "host_port": _read_host_port,
@@ -472,13 +582,12 @@ def _decoder_is(alert: Mapping[str, Any], prefixes: tuple[str, ...]) -> bool:
     return any(name.startswith(prefixes) for name in names)
 
 
-def _scan_free_text(context: _Context) -> Iterator[Observable]:
+def _scan_free_text(run: _Run) -> None:
     """Optional: URLs and IPv4 addresses inside `full_log` and `previous_output`."""
     for path in FREE_TEXT_PATHS:
-        text = context.alert.get(path)
+        text = run.alert.get(path)
         if not isinstance(text, str):
             continue
-        spec = FieldSpec(path, "url", "urls_in_text")
-        yield from _read_urls_in_text(context, spec, text)
+        _urls_in_text(run, path, text, text)
         for match in _IPV4_IN_TEXT.finditer(text):
-            yield from _make(context, "ip", match.group(0), path, match.group(0))
+            _make(run, "ip", match.group(0), path, match.group(0))

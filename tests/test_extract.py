@@ -361,6 +361,44 @@ def test_aws_single_and_list_values_are_both_read():
     assert values == ["198.51.100.1", "198.51.100.2", "198.51.100.3"]
 
 
+def test_a_list_along_the_shared_eventdata_path_is_read_element_wise():
+    alert = {
+        "data": {
+            "win": [
+                {"eventdata": {"ipAddress": "198.51.100.4", "ipPort": "3389"}},
+                {"eventdata": [{"queryName": "Evil.Example"}, {"ipAddress": "-"}]},
+            ]
+        }
+    }
+
+    observables = extract_observables(alert, CATALOG)
+
+    assert [(o.kind, o.value, o.port) for o in observables] == [
+        ("ip", "198.51.100.4", 3389),
+        ("domain", "evil.example", None),
+    ]
+
+
+def test_the_first_field_in_the_alerts_own_key_order_names_the_observable():
+    first_win = {"win": {"eventdata": {"ipAddress": "198.51.100.6"}}}
+    alert = {"data": first_win | {"srcip": "198.51.100.6"}}
+
+    observables = extract_observables(alert, CATALOG)
+
+    assert [o.field_path for o in observables] == ["data.win.eventdata.ipAddress"]
+
+
+@pytest.mark.parametrize("port", ["\u00b2", "0", "65536", "x", True])
+def test_an_unusable_port_leaves_the_address_without_a_port(port):
+    alert = {"data": {"srcip": "198.51.100.7", "srcport": port}}
+    client = {"data": {"office365": {"ClientIP": f"198.51.100.8:{port}"}}}
+
+    observables = [o for a in (alert, client) for o in extract_observables(a, CATALOG)]
+
+    assert [o.value for o in observables] == ["198.51.100.7", "198.51.100.8"]
+    assert observables[0].port is None
+
+
 def test_virustotal_result_hashes_are_extracted_unless_skipped_upstream():
     """VT results carry the file hashes; skipping them is the selector's job."""
     alert = _load("samples-virustotal.jsonl")[3]
