@@ -9,6 +9,7 @@ the indicator and would loop forever.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from collections.abc import Iterable
@@ -51,6 +52,12 @@ class AlertSelector:
         self.own_output_path = own_output_path
         self._keep_needles = _keep_needles(self.keep_groups, self.keep_rule_ids)
         self._quick_possible = self._keep_needles is not None
+        self._lists = bool(
+            self.keep_groups
+            | self.keep_rule_ids
+            | self.drop_groups
+            | self.drop_rule_ids
+        )
         self.counts: Counter[str] = Counter()
         self._quick_rejected = 0
 
@@ -110,29 +117,40 @@ class AlertSelector:
         own = self._own_reason(alert, rule)
         if own is not None:
             return own
+        if self._lists:
+            listed = self._listed_reason(rule)
+            if listed is not None:
+                return listed or None
 
+        level = rule.get("level")
+        if type(level) is not int:
+            level = _level(level)
+            if level is None:
+                return "malformed_alert"
+        return None if level >= self.min_level else "below_level"
+
+    def _listed_reason(self, rule: dict) -> str | None:
+        """A drop reason, "" when a keep list keeps the rule, None when unlisted."""
         rule_id = str(rule.get("id", "")).strip()
         groups = _groups(rule)
         if rule_id in self.drop_rule_ids:
             return "dropped_rule_id"
         if groups & self.drop_groups:
             return "dropped_group"
-
         if rule_id in self.keep_rule_ids or groups & self.keep_groups:
-            return None
-        level = _level(rule.get("level"))
-        if level is None:
-            return "malformed_alert"
-        return None if level >= self.min_level else "below_level"
+            return ""
+        return None
 
     def _own_reason(self, alert: dict, rule: dict) -> str | None:
-        if _rule_number(rule.get("id")) in OWN_RULE_IDS:
+        if _is_own_rule(rule.get("id")):
             return "own_rule"
         data = alert.get("data")
         integration = data.get("integration") if isinstance(data, dict) else None
+        integration = integration if isinstance(integration, str) else None
         if integration == OWN_INTEGRATION:
             return "own_integration"
         location = alert.get("location")
+        location = location if isinstance(location, str) else None
         if self.own_output_path and location == self.own_output_path:
             return "own_location"
 
@@ -196,6 +214,19 @@ def _level(value: Any) -> int | None:
         return int(str(value).strip())
     except ValueError:
         return None
+
+
+def _is_own_rule(value: Any) -> bool:
+    """Whether a rule id names one of our enrichment rules (ids repeat: cached)."""
+    try:
+        return _is_own_rule_cached(value)
+    except TypeError:  # an unhashable id, such as a list
+        return _rule_number(value) in OWN_RULE_IDS
+
+
+@functools.lru_cache(maxsize=4096, typed=True)
+def _is_own_rule_cached(value: Any) -> bool:
+    return _rule_number(value) in OWN_RULE_IDS
 
 
 def _rule_number(value: Any) -> int | None:

@@ -182,6 +182,23 @@ def test_accept_counts_malformed_alerts_without_raising(alert):
     assert selector.stats() == {"malformed_alert": 1}
 
 
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"data": {"integration": ["virustotal"]}},
+        {"location": {"path": "x"}},
+        {"rule": {"level": 12, "id": ["101080"]}},
+        {"rule": {"level": 12, "id": 101080.0}},
+    ],
+)
+def test_accept_judges_odd_shaped_integration_location_and_id_by_level(odd):
+    alert = _alert(level=12) | odd
+    selector = AlertSelector(skip_integrations=["virustotal"])
+
+    assert selector.accept(alert) is True
+    assert selector.stats() == {"accepted": 1}
+
+
 def test_accept_counts_each_reason_over_the_engine_alerts():
     """Counts add up: every engine alert is accepted or rejected for one reason."""
     selector = AlertSelector(min_level=10)
