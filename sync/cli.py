@@ -26,6 +26,7 @@ from sync.cliopts import (
     resolve_config,
 )
 from sync.config import Config
+from sync.health import last_attempt_path, load_last_attempt
 from sync.logs import kv
 from sync.store import STORE_KINDS, StoreError, StoreReader, store_paths
 from sync.warninglists import WarninglistError, load_warninglists
@@ -73,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.feed_name and not args.feed:
         parser.error("--feed-name needs --feed")
-    cfg = resolve_config(args)
+    needs_server = args.command == "sync" and not args.feed
+    required = _missing_server_settings if needs_server else None
+    cfg = resolve_config(args, required=required)
 
     if args.command == "status":
         return show_status(cfg)
@@ -135,7 +138,7 @@ def _missing_server_settings(cfg: Config) -> list[str]:
 
 
 def show_status(cfg: Config) -> int:
-    """Print counts per kind and source, the last run and the cursor."""
+    """Print counts per kind and source, the last attempt and run, the cursor."""
     try:
         with StoreReader(store_paths(cfg)) as reader:
             counts = reader.counts()
@@ -147,12 +150,14 @@ def show_status(cfg: Config) -> int:
         print(f"status: {err}", file=sys.stderr)
         return EXIT_FAILURE
 
+    meta["last_attempt"] = load_last_attempt(last_attempt_path(cfg))
     for line in status_lines(counts, meta):
         print(line)
     return EXIT_OK
 
 
 def status_lines(counts: dict[str, dict[str, int]], meta: dict) -> list[str]:
+    """Counts table, then one `name value` line per fact about the runs."""
     lines = [f"{'kind':<8}{'source':<40}{'indicators':>12}"]
     for kind in STORE_KINDS:
         for source, number in sorted(counts.get(kind, {}).items()):
@@ -160,18 +165,29 @@ def status_lines(counts: dict[str, dict[str, int]], meta: dict) -> list[str]:
     total = sum(sum(c.values()) for c in counts.values())
     lines.append(f"{'total':<48}{total:>12}")
 
-    last_run = meta.get("last_run") or {}
-    if last_run:
-        lines.append(
-            f"last_run {_when(last_run.get('time'))} result={last_run.get('result')}"
-            f" mode={last_run.get('mode')} source={last_run.get('source')}"
-        )
-    else:
-        lines.append("last_run never")
+    lines.append(_run_line("last_attempt", meta.get("last_attempt")))
+    lines.append(_run_line("last_run", meta.get("last_run")))
     lines.append(f"last_success {_when(meta.get('last_success'))}")
     lines.append(f"last_reconcile {_when(meta.get('last_reconcile'))}")
-    lines.append(f"cursor {meta.get('cursor')} ({_when(meta.get('cursor'))})")
+    cursor = meta.get("cursor")
+    if isinstance(cursor, int) and cursor > 0:
+        lines.append(f"cursor {cursor} ({_when(cursor)})")
+    else:
+        lines.append("cursor none")
     return lines
+
+
+def _run_line(name: str, run: object) -> str:
+    """`last_attempt`: any run, failed ones too; `last_run`: the last commit."""
+    if not isinstance(run, dict) or not run:
+        return f"{name} never"
+    line = (
+        f"{name} {_when(run.get('time'))} result={run.get('result')}"
+        f" mode={run.get('mode')} source={run.get('source')}"
+    )
+    if run.get("error"):
+        line += f" error={run['error']!r}"
+    return line
 
 
 def _when(epoch: object) -> str:

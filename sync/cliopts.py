@@ -11,7 +11,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import yaml
 
@@ -47,7 +47,7 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
         choices=("yaml", "json"),
         metavar="FORMAT",
         help="print the effective configuration (yaml or json, default yaml) "
-        "with the API key masked, and exit",
+        "without the API key, usable as a configuration file, and exit",
     )
     parser.add_argument(
         "--log-level",
@@ -55,19 +55,26 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
         type=str.upper,
         help=f"log level on stderr (default {DEFAULT_LOG_LEVEL})",
     )
+    # A subcommand's prog is "wazuh-ioc-tailer run"; the version names the program.
+    program = parser.prog.split()[0]
     parser.add_argument(
-        "--version", action="version", version=f"%(prog)s {__version__}"
+        "--version", action="version", version=f"{program} {__version__}"
     )
 
 
 def resolve_config(
-    args: argparse.Namespace, overrides: Mapping[str, object] | None = None
+    args: argparse.Namespace,
+    overrides: Mapping[str, object] | None = None,
+    *,
+    required: Callable[[Config], list[str]] | None = None,
 ) -> Config:
     """Load the configuration for ``args`` and act on the config-only options.
 
     Exits 2 after printing every configuration error, and exits 0 after
-    --check-config or --print-config. Otherwise returns the Config, with
-    logging set up and the API key registered for masking.
+    --check-config or --print-config. ``required`` lists what the command
+    cannot run without (e.g. the MISP URL); --check-config reports those
+    problems too, exactly as the run would. Otherwise returns the Config,
+    with logging set up and the API key registered for masking.
     """
     setup_logging(getattr(args, "log_level", None) or DEFAULT_LOG_LEVEL)
 
@@ -85,22 +92,49 @@ def resolve_config(
     log.debug("config_effective %s", render_config(cfg, "json-line"))
 
     if getattr(args, "check_config", False):
-        print("configuration ok")
-        sys.exit(EXIT_OK)
+        check_and_exit(cfg, required)
     if getattr(args, "print_config", None):
         print(render_config(cfg, args.print_config), end="")
         sys.exit(EXIT_OK)
     return cfg
 
 
+def check_and_exit(cfg: Config, required: Callable[[Config], list[str]] | None) -> None:
+    """--check-config: print what a run would refuse, exit 2; else exit 0."""
+    problems = required(cfg) if required is not None else []
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
+        print(f"configuration invalid: {len(problems)} error(s)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    print("configuration ok")
+    sys.exit(EXIT_OK)
+
+
 def render_config(cfg: Config, fmt: str = "yaml") -> str:
-    """The effective configuration as yaml, json or json-line text, key masked."""
+    """The effective configuration as yaml, json or json-line text.
+
+    yaml and json are meant to be saved as a configuration file, which must
+    not hold the API key: they leave it out (yaml names its route in a
+    comment). json-line, for the debug log, shows it masked with its route.
+    """
     data = config_as_dict(cfg)
     if fmt == "json-line":
         return json.dumps(data, separators=(",", ":"))
+    data["misp"].pop("api_key", None)
     if fmt == "json":
         return json.dumps(data, indent=2) + "\n"
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+    body = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+    return _key_comment(cfg) + body
+
+
+def _key_comment(cfg: Config) -> str:
+    source = _key_source(cfg)
+    route = "no API key found" if source == "none" else f"API key from {source}"
+    return (
+        f"# misp.api_key is never read from this file ({route}); it comes from\n"
+        "# MISP_API_KEY, misp.api_key_file or the systemd credential misp_api_key.\n"
+    )
 
 
 def _key_source(cfg: Config) -> str:

@@ -422,7 +422,7 @@ class _Layers:
         for name, raw in body.items():
             path = f"{section}.{name}"
             if path == "misp.api_key":
-                self.errors.append(_api_key_in_file_error())
+                self.errors.append(_api_key_in_file_error(raw))
             elif path not in settable:
                 self.errors.append(_unknown_key(path, settable))
             else:
@@ -461,10 +461,12 @@ def _unknown_key(path: str, known: Mapping[str, object]) -> str:
     return _error(f"config {path}", "unknown key", path.rpartition(".")[2], hint)
 
 
-def _api_key_in_file_error() -> str:
+def _api_key_in_file_error(raw: object) -> str:
+    # Only a value that could be a key is masked; an empty entry is shown as is.
+    shown = MASK if raw not in (None, "") else ("null" if raw is None else "''")
     return (
         f"config misp.api_key: the API key must not be written in the "
-        f"configuration file (got {MASK}); expected misp.api_key_file, "
+        f"configuration file (got {shown}); expected misp.api_key_file, "
         f"the {API_KEY_ENV} environment variable or the systemd credential "
         f"{CREDENTIAL_NAME}"
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 
 HEALTH_FILE_MODE = 0o640
 HEALTH_STATUSES = ("ok", "failed", "incomplete")
+# Beside the store and its lock: the store records only committed runs, so the
+# outcome of a failed run (which leaves the store untouched) is kept here.
+LAST_ATTEMPT_NAME = ".last-attempt.json"
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,7 @@ def publish_report(cfg: Any, report: SyncReport, *, now: float) -> None:
         )
     if cfg.sync.log_enabled:
         _append_sync_log(cfg.sync.log_path, report, now=now)
+    save_last_attempt(last_attempt_path(cfg), report, now=now)
     write_health(
         cfg.output.path,
         health_record(_health(report), now=now, stale_after_s=cfg.sync.stale_after_s),
@@ -129,6 +134,37 @@ def _append_sync_log(path: str, report: SyncReport, *, now: float) -> None:
             os.close(fd)
     except OSError as err:
         log.error(kv("sync_log_write_failed", path=path, error=err.strerror))
+
+
+def last_attempt_path(cfg: Any) -> Path:
+    """The file holding the outcome of the last run, beside the IP database."""
+    return Path(cfg.store.ips_db).parent / LAST_ATTEMPT_NAME
+
+
+def save_last_attempt(path: Path, report: SyncReport, *, now: float) -> None:
+    """Replace the last-attempt file atomically; a failure is logged only."""
+    record = {
+        "time": int(now),
+        "result": report.result,
+        "mode": report.mode,
+        "source": report.source,
+        "error": mask_secrets(report.error),
+    }
+    partial = path.with_name(path.name + ".tmp")
+    try:
+        partial.write_bytes(orjson.dumps(record) + b"\n")
+        os.replace(partial, path)
+    except OSError as err:
+        log.warning(kv("last_attempt_write_failed", path=path, error=err.strerror))
+
+
+def load_last_attempt(path: Path) -> dict | None:
+    """The last run's outcome, or None when no run has recorded one."""
+    try:
+        record = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def health_record(health: SyncHealth, *, now: float, stale_after_s: int) -> dict:

@@ -270,7 +270,7 @@ def test_api_key_never_in_debug_logs_or_printed_config(
 
     printed = capsys.readouterr()
     assert stopped.value.code == 0
-    assert json.loads(printed.out)["misp"]["api_key"].startswith("******** (from ")
+    assert "api_key" not in json.loads(printed.out)["misp"]
     assert "config_effective" in caplog.text
     assert FAKE_KEY not in caplog.text + printed.out + printed.err
 
@@ -286,7 +286,8 @@ def test_api_key_never_in_subprocess_output_at_debug(
 
     assert result.returncode == 0
     assert "config_effective" in result.stderr
-    assert yaml.safe_load(result.stdout)["misp"]["api_key"].startswith("********")
+    assert "api_key" not in yaml.safe_load(result.stdout)["misp"]
+    assert "# misp.api_key is never read from this file (API key from" in result.stdout
     assert FAKE_KEY not in result.stdout + result.stderr
 
 
@@ -378,6 +379,40 @@ def test_api_key_in_yaml_is_rejected_without_echoing_it(tmp_path: Path) -> None:
     assert error.startswith("config misp.api_key: ")
     assert "misp.api_key_file" in error
     assert FAKE_KEY not in error
+
+
+@pytest.mark.parametrize(("entry", "shown"), [("null", "null"), ("''", "''")])
+def test_empty_api_key_in_yaml_is_rejected_as_empty_not_masked(
+    tmp_path: Path, entry: str, shown: str
+) -> None:
+    """An api_key entry without a value is named as such, not as a mask."""
+    yaml_path = tmp_path / "config.yaml"
+    yaml_path.write_text(f"misp:\n  api_key: {entry}\n")
+
+    with pytest.raises(ConfigError) as failed:
+        load_config(path=yaml_path, env={})
+
+    (error,) = failed.value.errors
+    assert f"(got {shown});" in error
+    assert "********" not in error
+
+
+def test_printed_yaml_config_loads_back_as_the_same_configuration(
+    tmp_path: Path,
+) -> None:
+    """--print-config output saved as a file is a valid configuration."""
+    key_file = write_key_file(tmp_path)
+    env = {"MISP_API_KEY_FILE": str(key_file), "MISP_URL": "https://misp.example.org"}
+    printed = run_resolve("--print-config", env=env)
+    saved = tmp_path / "printed.yaml"
+    saved.write_text(printed.stdout)
+
+    reloaded = load_config(path=saved, env={})
+
+    assert printed.returncode == 0
+    assert reloaded.misp.url == "https://misp.example.org"
+    assert reloaded.misp.api_key_file == str(key_file)
+    assert config_as_dict(reloaded)["tailer"] == config_as_dict(Config())["tailer"]
 
 
 def test_secret_masks_repr_str_and_format() -> None:

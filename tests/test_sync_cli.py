@@ -227,3 +227,48 @@ def test_feed_directory_sync_needs_no_misp_settings(tmp_path, misp):
     rows = [line.split() for line in status.stdout.splitlines()]
     assert ["hash", "infoblox", "15"] in rows
     assert len(stored_values(tmp_path / "store", "url")) == 5
+
+
+def test_check_config_without_url_and_key_exits_2_like_a_run(tmp_path, misp):
+    env = cli_env(tmp_path, misp.url)
+    del env["MISP_URL"], env["MISP_API_KEY"]
+
+    checked = run_cli(env, "--check-config")
+    with_feed = run_cli(env, "--check-config", "--feed", str(INFOBLOX))
+
+    assert checked.returncode == 2
+    assert "env MISP_URL: not set" in checked.stderr
+    assert "env MISP_API_KEY: not set" in checked.stderr
+    assert "configuration ok" not in checked.stdout
+    assert with_feed.returncode == 0
+    assert with_feed.stdout.strip() == "configuration ok"
+
+
+def test_status_shows_a_failed_attempt_after_the_last_success(tmp_path, misp):
+    assert run_cli(cli_env(tmp_path, misp.url)).returncode == 0
+    wrong_key = "Wrong0key" * 4 + "abcd"
+    failed = run_cli(cli_env(tmp_path, misp.url, MISP_API_KEY=wrong_key))
+
+    status = run_cli(cli_env(tmp_path, misp.url), "status")
+
+    assert failed.returncode == 1
+    lines = status.stdout.splitlines()
+    (attempt,) = [line for line in lines if line.startswith("last_attempt ")]
+    assert "result=failed mode=" in attempt and "MispAuthError" in attempt
+    (run,) = [line for line in lines if line.startswith("last_run ")]
+    assert "result=ok" in run
+    assert not any(line.startswith("last_success never") for line in lines)
+    assert wrong_key not in status.stdout
+
+
+def test_status_of_a_feed_store_prints_cursor_none(tmp_path, misp):
+    env = cli_env(tmp_path, misp.url)
+    assert run_cli(env, "--feed", str(INFOBLOX)).returncode == 0
+
+    status = run_cli(env, "status")
+
+    lines = status.stdout.splitlines()
+    assert "cursor none" in lines
+    assert any(
+        line.startswith("last_attempt ") and "result=ok" in line for line in lines
+    )
