@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -31,6 +32,8 @@ from sync.store import StoreError, StoreReader, store_paths
 SUBCOMMANDS = ("run", "replay", "lookup", "status")
 HASH_LENGTHS = (32, 40, 56, 64, 96, 128)
 INTERNAL_CONTEXT = ("value", "seen_run", "stored_at", "ip_version", "prefix_len")
+# `203.0.113.7:443`, `[2001:db8::1]:443` or MISP's `203.0.113.7|443`.
+ADDRESS_WITH_PORT = re.compile(r"^\[?(?P<ip>[^\[\]|]+?)\]?[:|](?P<port>\d{1,5})$")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +74,13 @@ def add_lookup_parser(commands: Any) -> None:
         "lookup", help="look values up in the IOC store (one JSON line per hit)"
     )
     add_common_options(lookup)
-    lookup.add_argument("values", nargs="+", metavar="VALUE")
+    lookup.add_argument(
+        "values",
+        nargs="+",
+        metavar="VALUE",
+        help="IP (also IP:PORT, [IPv6]:PORT, IP|PORT), domain, URL or hash; "
+        "a miss prints nothing",
+    )
 
 
 def add_status_parser(commands: Any) -> None:
@@ -127,6 +136,20 @@ def command_replay(args: argparse.Namespace) -> int:
 # -- lookup -----------------------------------------------------------------------
 
 
+def split_port(text: str) -> tuple[str, int | None]:
+    """Split `IP:PORT`, `[IPv6]:PORT` or `IP|PORT`; other text has no port."""
+    value = text.strip()
+    if is_ip(value):
+        return value, None
+    found = ADDRESS_WITH_PORT.match(value)
+    if found is None or not is_ip(found["ip"]) or int(found["port"]) > 65535:
+        return value, None
+    # A bare IPv6 address with a port needs brackets: `2001:db8::1:443` is an IP.
+    if ":" in found["ip"] and value[0] != "[" and "|" not in value:
+        return value, None
+    return found["ip"], int(found["port"])
+
+
 def guess_observables(text: str) -> list[tuple[str, str]]:
     """Return (kind, normalised value) pairs for a value typed by a user.
 
@@ -165,13 +188,15 @@ def command_lookup(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
     for text in args.values:
+        value, port = split_port(text)
         try:
-            observables = guess_observables(text)
+            observables = guess_observables(value)
         except InvalidValue as err:
             print(f"lookup {text!r}: not a valid value ({err.reason})", file=sys.stderr)
             continue
-        for kind, value in observables:
-            for hit in index.match(Observable(kind, value, "lookup", text)):
+        for kind, normalized in observables:
+            observable = Observable(kind, normalized, "lookup", text, port=port)
+            for hit in index.match(observable):
                 print(format_lookup_hit(hit, text))
     return EXIT_OK
 

@@ -177,3 +177,33 @@ def test_replay_refuses_to_overwrite_the_live_enrichment_log(config, tmp_path):
     assert result.returncode == 2
     assert "is the live enrichment log" in result.stderr
     assert live.read_bytes() == b'{"integration":"ioc_sqlite"}\n'
+
+
+@pytest.mark.parametrize(
+    "value", ["198.51.100.50:8080", "198.51.100.50|8080", "[198.51.100.50]:8080"]
+)
+def test_lookup_address_with_port_hits_a_port_qualified_indicator(config, value):
+    hits = lookup(config, value)
+
+    assert [(hit["indicator"], hit["value"]) for hit in hits] == [
+        ("198.51.100.50", value)
+    ]
+    assert hits[0]["misp_type"] == "ip-dst|port"
+
+
+def test_lookup_address_with_another_port_or_none_misses_it(config):
+    assert lookup(config, "198.51.100.50:8081", "198.51.100.50") == []
+
+
+def test_lookup_bracketed_ipv6_with_port_hits_the_address(config):
+    hits = lookup(config, "[2001:db8:dead:beef::1]:443")
+
+    assert [hit["indicator"] for hit in hits] == ["2001:db8:dead:beef::1"]
+
+
+def test_version_names_the_program_alone():
+    result = tailer_cli("--version")
+
+    assert result.returncode == 0
+    assert result.stdout.strip().startswith("wazuh-ioc-tailer ")
+    assert result.stdout.split()[1][0].isdigit()
