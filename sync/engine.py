@@ -1,10 +1,11 @@
 """One sync run: MISP attributes (server or feed) into the four IOC databases.
 
 A run takes the sync lock, opens one StoreWriter transaction on the four
-databases, pulls rows page by page and applies each page at once (memory stays
-at about one page), then commits every change together with the new cursor.
-Any failure - an exception, a MISP error, SIGTERM, or SIGKILL - leaves the store
-and the cursor exactly as they were.
+databases in a child process (ProcessWriter: SQLite work on the second core),
+pulls rows page by page and applies each page at once (memory stays at about
+one page), then commits every change together with the new cursor. Any
+failure - an exception, a MISP error, SIGTERM, or SIGKILL of either process -
+leaves the store and the cursor exactly as they were.
 
 Modes of a server run:
 
@@ -47,6 +48,7 @@ from sync.logs import kv
 from sync.normalize import SUPPORTED_MISP_TYPES, InvalidValue, indicators_from_misp
 from sync.store import STORE_KINDS, StoreWriter, store_paths
 from sync.warninglists import WarninglistSet, load_warninglists
+from sync.writer_process import ProcessWriter
 
 log = logging.getLogger(__name__)
 
@@ -285,16 +287,17 @@ class RowApplier:
                 self._doomed[kind].append(uuid)
 
     def flush_deletes(self) -> None:
+        # The writer counts what went (see StoreWriter.removed_counts).
         for kind, uuids in self._doomed.items():
             if uuids:
-                self.counts.removed[kind] += self.writer.delete_uuids(kind, uuids)
+                self.writer.delete_uuids(kind, list(uuids))
                 uuids.clear()
 
     def delete_uuids(self, uuids: Iterable[str]) -> None:
         """Remove attributes by uuid from every kind (events gone from a feed)."""
         uuids = list(uuids)
         for kind in STORE_KINDS:
-            self.counts.removed[kind] += self.writer.delete_uuids(kind, uuids)
+            self.writer.delete_uuids(kind, uuids)
 
 
 # ---------------------------------------------------------------- lock, signals
@@ -405,7 +408,8 @@ def execute_run(
 def _run_locked(state: RunState, pull: Pull, clock_start: float) -> SyncReport:
     cfg = state.cfg
     run_id = time.time_ns() // 1000
-    with StoreWriter(store_paths(cfg), run_id=run_id) as writer:
+    # A child process owns the transaction; this one fetches and normalises.
+    with ProcessWriter(store_paths(cfg), run_id=run_id) as writer:
         before = {k: writer.count(k, state.source) for k in STORE_KINDS}
         state.applier = RowApplier(
             writer,
@@ -439,6 +443,7 @@ def _commit(
         writer.set_meta(key, value)
     indicators = sum(writer.count(k) for k in STORE_KINDS)
     cursor = writer.get_meta("cursor")
+    state.applier.counts.removed.update(writer.removed_counts())
     writer.set_meta("last_success", state.started_at)
     writer.set_meta(
         "last_run",
@@ -488,10 +493,9 @@ def _reconcile(writer: StoreWriter, state: RunState, before: dict) -> bool:
         )
         return False
 
-    removed = state.applier.counts.removed
     for kind in STORE_KINDS:
         if unseen[kind]:
-            removed[kind] += writer.delete_not_seen(kind, run_id, state.source)
+            writer.delete_not_seen(kind, run_id, state.source)
     return True
 
 

@@ -284,6 +284,7 @@ class StoreWriter:
         self._conns: dict[str, sqlite3.Connection] = {}
         self._pending: dict[str, list[tuple]] = {kind: [] for kind in STORE_KINDS}
         self._changed = dict.fromkeys(STORE_KINDS, False)
+        self._removed = dict.fromkeys(STORE_KINDS, 0)
         try:
             for kind, path in self.paths.items():
                 self._conns[kind] = open_store(path)
@@ -334,6 +335,7 @@ class StoreWriter:
         sql = "DELETE FROM indicator WHERE attribute_uuid = ?"
         count = self._conns[kind].executemany(sql, [(u,) for u in uuids]).rowcount
         self._changed[kind] |= count > 0
+        self._removed[kind] += count
         return count
 
     def delete_uuid(self, kind: str, uuid: str) -> int:
@@ -351,7 +353,12 @@ class StoreWriter:
         sql = "DELETE FROM indicator WHERE source = ? AND seen_run IS NOT ?"
         count = self._conns[kind].execute(sql, (source, run_id)).rowcount
         self._changed[kind] |= count > 0
+        self._removed[kind] += count
         return count
+
+    def removed_counts(self) -> dict[str, int]:
+        """Rows deleted so far in this transaction, per kind."""
+        return dict(self._removed)
 
     def count(self, kind: str, source: str | None = None) -> int:
         """Count rows of a kind, of one source when given."""

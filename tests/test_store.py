@@ -342,3 +342,44 @@ def test_upsert_values_keeps_stored_at_and_generation_while_unchanged(paths):
     assert same[2]["stored_at"] == first[2]["stored_at"]
     assert same[2]["seen_run"] == 2
     assert edited[2]["stored_at"] > first[2]["stored_at"]
+
+
+def test_process_writer_commits_only_when_asked(tmp_path):
+    from sync.writer_process import ProcessWriter
+
+    paths = {kind: tmp_path / f"{kind}.db" for kind in STORE_KINDS}
+    values = ("u-1", "192.0.2.1", "192.0.2.1", "ip", None, "ip-dst", "Network")
+    values += (1, "1", "2", "ev", "Event", "low", "[]", None, None, None, 1, "misp")
+    with ProcessWriter(paths, run_id=3) as writer:
+        writer.upsert_values("ip", values)
+        assert writer.count("ip") == 1
+    with ProcessWriter(paths, run_id=4) as writer:
+        rolled_back = writer.count("ip")
+        writer.upsert_values("ip", values)
+        writer.delete_uuids("domain", ["u-1"])
+        writer.set_meta("cursor", 7)
+        changed = writer.commit()
+
+    assert rolled_back == 0
+    assert changed == {"ip": True, "domain": False, "url": False, "hash": False}
+    with StoreReader(paths) as reader:
+        assert reader.counts()["ip"] == {"misp": 1}
+        assert reader.meta("cursor") == 7
+
+
+def test_process_writer_reports_a_failed_write_and_a_lost_child(tmp_path):
+    from sync.store import StoreError
+    from sync.writer_process import ProcessWriter
+
+    paths = {kind: tmp_path / f"{kind}.db" for kind in STORE_KINDS}
+    with ProcessWriter(paths, run_id=3) as writer:
+        writer.upsert_values("ip", ("too", "short"))
+        with pytest.raises(StoreError, match="store writer: .*Error"):
+            writer.count("ip")
+    writer = ProcessWriter(paths, run_id=5)
+    writer._child.send_signal(signal.SIGKILL)
+    writer._child.wait()
+
+    with pytest.raises(StoreError, match="store writer process: lost"):
+        writer.count("ip")
+    writer.rollback()

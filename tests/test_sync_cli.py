@@ -51,6 +51,25 @@ def wait_for_requests(misp: MispEmulator, count: int, timeout_s: float = 20) -> 
         time.sleep(0.02)
 
 
+def child_pids(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(p) for p in children.split()]
+
+
+def wait_gone(pid: int, timeout_s: float = 10) -> bool:
+    """True once `pid` no longer runs (a zombie counts as gone)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def health_lines(tmp_path: Path) -> list[dict]:
     text = (tmp_path / "ioc_enrichment.json").read_text()
     return [json.loads(line) for line in text.splitlines()]
@@ -179,13 +198,16 @@ def test_sigkill_mid_page_leaves_store_content_identical(tmp_path, misp):
     killed = start_cli(env, "--full")
     wait_for_requests(misp, 3)
     time.sleep(0.3)
+    writers = child_pids(killed.pid)
 
     killed.send_signal(signal.SIGKILL)
     killed.communicate(timeout=30)
+    writers_left = [pid for pid in writers if wait_gone(pid) is False]
     after_kill = dump_store(tmp_path / "store")
     rerun = run_cli(env, "--full")
 
     assert killed.returncode == -signal.SIGKILL
+    assert len(writers) == 1 and writers_left == []
     assert after_kill == before
     assert rerun.returncode == 0, rerun.stderr
     assert "result=ok" in rerun.stderr
