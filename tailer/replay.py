@@ -25,13 +25,12 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sync.logs import kv
 from sync.store import StoreError, StoreReader, store_paths
-from tailer.enrich import build_enrichment, encode_enrichment
 from tailer.match import IndicatorIndex
-from tailer.output import EnrichmentWriter, dedup_key
+from tailer.output import EnrichmentWriter
 from tailer.pipeline import build_pipeline, match_lines
 from tailer.stats import Counts, Progress, format_summary
 
@@ -39,6 +38,8 @@ log = logging.getLogger(__name__)
 
 MONTHS = ("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec").split()
 PIECE_NAME = re.compile(r"^ossec-alerts-(\d{2})(?:-(\d{3}))?\.json(\.gz)?$")
+# Read from a directory that holds no analysisd piece (exports, copies).
+PLAIN_NAME = re.compile(r"^.+\.jsonl?(\.gz)?$")
 READ_CHUNK_BYTES = 1 << 20
 
 
@@ -92,9 +93,15 @@ def expand_paths(paths: Iterable[str | Path]) -> tuple[list[Path], list[Path]]:
 
 
 def walk_directory(root: Path) -> list[Path]:
-    return sorted(
-        path for path in root.rglob("*") if path.is_file() and is_alert_file(path)
-    )
+    """Alert files below `root`: analysisd's pieces, else any JSON-lines file.
+
+    A tree analysisd wrote keeps only its own names, so copies such as
+    `alerts.json.bak` are not read twice; a directory of exports
+    (`*.json`, `*.jsonl`, `*.json.gz`, `*.jsonl.gz`) is read whole.
+    """
+    files = sorted(path for path in root.rglob("*") if path.is_file())
+    pieces = [path for path in files if is_alert_file(path)]
+    return pieces or [path for path in files if PLAIN_NAME.match(path.name)]
 
 
 def find_pieces(paths: Iterable[str | Path]) -> list[Piece]:
@@ -104,8 +111,19 @@ def find_pieces(paths: Iterable[str | Path]) -> list[Piece]:
     `alerts.json` found by a walk is dropped when it holds the newest piece.
     `.sum` files never count.
     """
+    return find_pieces_reporting(paths)[0]
+
+
+def find_pieces_reporting(
+    paths: Iterable[str | Path],
+) -> tuple[list[Piece], list[Path]]:
+    """find_pieces, and the directories that held no alert file (warned)."""
     files, dirs = expand_paths(paths)
-    walked = [path for root in dirs for path in walk_directory(root)]
+    walks = {root: walk_directory(root) for root in dirs}
+    empty = [root for root, found in walks.items() if not found]
+    for root in empty:
+        log.warning(kv("replay_no_alert_files", path=root))
+    walked = [path for found in walks.values() for path in found]
     candidates = [p for p in files if not p.name.endswith(".sum")] + walked
 
     seen: set[tuple[int, int]] = set()
@@ -118,7 +136,7 @@ def find_pieces(paths: Iterable[str | Path]) -> list[Piece]:
         pieces.append(parse_piece(path))
 
     pieces.sort(key=lambda piece: piece.sort_key)
-    return drop_current_copies(pieces, set(walked))
+    return drop_current_copies(pieces, set(walked)), empty
 
 
 def drop_current_copies(pieces: list[Piece], walked: set[Path]) -> list[Piece]:
@@ -227,19 +245,59 @@ def parse_time(text: str, *, now: datetime | None = None) -> datetime:
     return moment if moment.tzinfo else moment.astimezone()
 
 
+TIME_FORMS = "2026-12-01, 2026-12-01T10:00:00+00:00, or 7d/12h/30m ago"
+
+
 def add_replay_arguments(parser) -> None:
-    parser.add_argument("paths", nargs="+", metavar="PATH")
-    parser.add_argument("--since", metavar="TIME", help="first alert time to replay")
-    parser.add_argument("--until", metavar="TIME", help="last alert time to replay")
-    levels = parser.add_mutually_exclusive_group()
-    levels.add_argument("--min-level", type=int, metavar="N")
-    levels.add_argument("--all-levels", action="store_true")
-    parser.add_argument("--output", default="-", metavar="FILE|-")
     parser.add_argument(
-        "--emit", action="store_true", help="append hits to the live enrichment log"
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="alert files (plain or .gz), directories (analysisd's YYYY/Mon tree, "
+        "else every *.json[l][.gz]) or globs",
     )
-    parser.add_argument("--indicators-since", metavar="TIME|last-sync")
-    parser.add_argument("--jobs", type=int, default=0, metavar="N")
+    parser.add_argument(
+        "--since", metavar="TIME", help=f"skip alerts before TIME ({TIME_FORMS})"
+    )
+    parser.add_argument(
+        "--until", metavar="TIME", help=f"skip alerts after TIME ({TIME_FORMS})"
+    )
+    levels = parser.add_mutually_exclusive_group()
+    levels.add_argument(
+        "--min-level",
+        type=int,
+        metavar="N",
+        help="lowest rule.level to match (default tailer.min_level)",
+    )
+    levels.add_argument(
+        "--all-levels", action="store_true", help="match alerts of every level"
+    )
+    parser.add_argument(
+        "--output",
+        default="-",
+        metavar="FILE|-",
+        help="write hits to FILE, replacing it (default -: stdout); "
+        "never the live enrichment log",
+    )
+    parser.add_argument(
+        "--emit",
+        action="store_true",
+        help="append hits to the live enrichment log (output.path) instead, "
+        "skipping those already there",
+    )
+    parser.add_argument(
+        "--indicators-since",
+        metavar="TIME|last-sync",
+        help="match only indicators stored since TIME, or since the last sync run",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="worker processes (default 0: one per CPU, at most one per file); "
+        "output is the same for any N",
+    )
 
 
 def replay_overrides(args) -> dict[str, object]:
@@ -364,51 +422,64 @@ def iter_results(cfg: Any, options: ReplayOptions, pieces: list[Piece]):
         yield from pool.map(replay_piece, paths)
 
 
+class StreamWriter(EnrichmentWriter):
+    """The live writer's dedup and flood control, writing to a stream instead.
+
+    Replay output goes through the same decisions as the live log, so a replay
+    of an archive writes the lines the tailer wrote when the alerts were new.
+    """
+
+    def __init__(self, stream: BinaryIO, **options: Any) -> None:
+        super().__init__(getattr(stream, "name", "-"), **options)
+        self.stream = stream
+
+    def write_line(self, line: bytes) -> None:
+        self.stream.write(line)
+
+
 class HitSink:
-    """Where replayed hits go: a file or stdout, or the live enrichment log."""
+    """Where replayed hits go: a file or stdout, or the live enrichment log.
+
+    Hits arrive in piece order whatever the number of jobs, and flood control
+    runs here, after that merge, so its result does not depend on --jobs.
+    """
 
     def __init__(self, cfg: Any, options: ReplayOptions) -> None:
-        self.max_line_bytes = cfg.output.max_line_bytes
-        self.writer: EnrichmentWriter | None = None
-        self.stream = None
-        self.written = 0
-        self.keys: set[str] = set()
+        writer_options = {
+            "flood_window_s": cfg.output.flood_window_s,
+            "max_line_bytes": cfg.output.max_line_bytes,
+        }
+        self.stream: BinaryIO | None = None
         if options.emit:
-            self.writer = EnrichmentWriter(
-                cfg.output.path,
-                flood_window_s=cfg.output.flood_window_s,
-                max_line_bytes=cfg.output.max_line_bytes,
-            )
+            self.writer = EnrichmentWriter(cfg.output.path, **writer_options)
             self.writer.recover_tail(0)
         elif options.output == "-":
-            self.stream = sys.stdout.buffer
+            self.writer = StreamWriter(sys.stdout.buffer, **writer_options)
         else:
             refuse_live_log(cfg, options.output)
             self.stream = open(options.output, "wb")  # noqa: SIM115
+            self.writer = StreamWriter(self.stream, **writer_options)
+
+    @property
+    def written(self) -> int:
+        return self.writer.counts["written"]
+
+    @property
+    def suppressed(self) -> int:
+        return self.writer.counts["suppressed"]
 
     def write(self, matches: list) -> None:
         for alert, hit in matches:
-            if self.writer is not None:
-                if self.writer.write_hit(alert, hit, replay=True) == "written":
-                    self.written += 1
-                continue
-            # The same key the live writer uses: one line per alert and indicator.
-            key = dedup_key(alert.get("id"), hit.kind, hit.indicator)
-            if key in self.keys:
-                continue
-            self.keys.add(key)
-            record = build_enrichment(alert, hit, replay=True)
-            self.stream.write(encode_enrichment(record, self.max_line_bytes))
-            self.written += 1
+            self.writer.write_hit(alert, hit, replay=True)
 
     def close(self) -> None:
-        if self.writer is not None:
+        if isinstance(self.writer, StreamWriter):
+            self.writer.stream.flush()
+        else:
             self.writer.flush(fsync=True)
-            self.writer.close()
-        elif self.stream is not None:
-            self.stream.flush()
-            if self.stream is not sys.stdout.buffer:
-                self.stream.close()
+        self.writer.close()
+        if self.stream is not None:
+            self.stream.close()
 
 
 def refuse_live_log(cfg: Any, output: str) -> None:
@@ -427,9 +498,14 @@ def refuse_live_log(cfg: Any, output: str) -> None:
 
 def replay(cfg: Any, options: ReplayOptions, paths: Iterable[str | Path]) -> tuple:
     """Replay archive paths; return (counts, pieces, errors, hits written)."""
-    pieces = in_days(find_pieces(paths), options)
+    found, empty = find_pieces_reporting(paths)
+    pieces = in_days(found, options)
     total = Counts()
-    errors: list[str] = []
+    errors = [
+        f"replay {root}: no alert files (got none); expected analysisd's "
+        "ossec-alerts-*.json[.gz] or *.json, *.jsonl, *.json.gz, *.jsonl.gz"
+        for root in empty
+    ]
     sink = HitSink(cfg, options)
     progress = Progress(
         sys.stderr, enabled=sys.stderr.isatty(), total_files=len(pieces)
@@ -445,6 +521,7 @@ def replay(cfg: Any, options: ReplayOptions, paths: Iterable[str | Path]) -> tup
     finally:
         progress.close()
         sink.close()
+    total.written, total.suppressed = sink.written, sink.suppressed
     return total, pieces, errors, sink.written
 
 

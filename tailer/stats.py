@@ -63,12 +63,18 @@ def format_rate(count: float, elapsed_s: float) -> str:
 def format_summary(
     counts: Counts, *, files: int, errors: int, elapsed_s: float, top: int = 5
 ) -> str:
-    """Render the multi-line summary a replay prints on stderr at the end."""
+    """Render the multi-line summary a replay prints on stderr at the end.
+
+    `hits` counts every (alert field, indicator) match; `written` the lines
+    left after one line per (alert, indicator) and flood control, whose
+    swallowed repeats are `suppressed`.
+    """
     megabytes = counts.bytes_read / 1e6
     lines = [
         f"replay files={files} errors={errors} lines={counts.lines} "
         f"bad_lines={counts.bad_lines} alerts={counts.alerts} "
-        f"selected={counts.selected} hits={counts.hits}",
+        f"selected={counts.selected} hits={counts.hits} written={counts.written} "
+        f"suppressed={counts.suppressed}",
         f"replay elapsed_s={elapsed_s:.2f} alerts_per_s="
         f"{format_rate(counts.lines, elapsed_s)} mb_per_s="
         f"{format_rate(megabytes, elapsed_s)}",

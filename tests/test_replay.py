@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import orjson
@@ -148,11 +148,16 @@ def test_plain_piece_drops_trailing_fragment_without_newline(tmp_path):
 # -- golden outputs of `wazuh-ioc-tailer replay` ------------------------------------
 
 
+FLOOD_WINDOW_S = 60
+
+
 @pytest.fixture
 def replay_world(tmp_path, archive):
+    """Planted store; flood control at its default window, as a live tailer has."""
     (tmp_path / "store").mkdir()
     plant_indicators(store_paths_in(tmp_path / "store"), PLANTED)
-    return tmp_path, write_config(tmp_path)
+    flood = {"flood_window_s": FLOOD_WINDOW_S}
+    return tmp_path, write_config(tmp_path, output=flood)
 
 
 def replay_cli(config: Path, *args: str) -> subprocess.CompletedProcess:
@@ -186,7 +191,7 @@ def test_replay_with_one_job_writes_the_same_output(replay_world, archive):
     two = replay_cli(config, "--jobs", "2", str(archive))
 
     assert one.stdout == two.stdout
-    assert one.stdout.count(b"\n") >= 38
+    assert one.stdout == (DATA / "expected-default.jsonl").read_bytes()
 
 
 def test_replay_time_window_skips_files_and_alerts_outside_it(replay_world, archive):
@@ -210,6 +215,37 @@ def test_replay_output_file_and_no_progress_without_tty(replay_world, archive):
     assert to_file.stdout == b""
     assert target.read_bytes() == to_stdout.stdout
     assert b"\r" not in to_file.stderr
+
+
+def test_replay_flood_control_keeps_one_line_per_key_and_window(replay_world, archive):
+    """Repeats of (indicator, agent, rule) within the window are counted, not
+    written, and reported on the next line of that key, on alert time."""
+    _, config = replay_world
+    window = ("--since", "2026-12-01T16:28:15+00:00", "--until", "2026-12-02T23:59:59Z")
+
+    result = replay_cli(config, *window, "--all-levels", "--jobs", "2", str(archive))
+
+    records = [orjson.loads(line) for line in result.stdout.splitlines()]
+    first_seen: dict[tuple, float] = {}
+    for record in records:
+        key = flood_key(record)
+        moment = alert_epoch(record)
+        assert moment - first_seen.get(key, -1e12) >= FLOOD_WINDOW_S
+        first_seen[key] = moment
+    repeats = [record["ioc"].get("suppressed_repeats", 0) for record in records]
+    assert sum(repeats) == 12
+    assert "hits=45 written=21 suppressed=24" in result.stderr.decode()
+
+
+def flood_key(record: dict) -> tuple:
+    alert = record["alert"]
+    return (record["ioc"]["indicator"], alert["agent"]["id"], alert["rule"]["id"])
+
+
+def alert_epoch(record: dict) -> float:
+    return datetime.strptime(
+        record["alert"]["timestamp"], "%Y-%m-%dT%H:%M:%S.%f%z"
+    ).timestamp()
 
 
 def test_replay_marks_every_enrichment_as_replayed(replay_world, archive):
@@ -267,7 +303,7 @@ def test_replay_emit_appends_to_enrichment_log_and_never_twice(replay_world, arc
     second = replay_cli(config, "--emit", month)
 
     assert first.stdout == b"" and second.stdout == b""
-    assert written.count(b"\n") >= 38
+    assert written == (DATA / "expected-default.jsonl").read_bytes()
     assert output.read_bytes() == written
 
 
@@ -303,3 +339,34 @@ def read_terminal(controller: int) -> bytes:
         shown += chunk
     os.close(controller)
     return shown
+
+
+def test_replay_of_a_directory_without_alert_files_warns_and_exits_1(replay_world):
+    root, config = replay_world
+    (root / "empty").mkdir()
+    (root / "empty" / "notes.txt").write_text("no alerts here\n")
+
+    result = replay_cli(config, str(root / "empty"))
+
+    stderr = result.stderr.decode()
+    assert result.returncode == 1
+    assert f"replay_no_alert_files path={root / 'empty'}" in stderr
+    assert "no alert files" in stderr and result.stdout == b""
+
+
+def test_replay_reads_jsonl_exports_from_a_foreign_directory(replay_world, archive):
+    root, config = replay_world
+    exports = root / "exports"
+    exports.mkdir()
+    month = archive / "2026/Dec"
+    shutil.copy(month / "ossec-alerts-03.json", exports / "day3.jsonl")
+    shutil.copy(month / "ossec-alerts-01.json.gz", exports / "day1.json.gz")
+    named = replay_cli(config, str(month / "ossec-alerts-01.json.gz"),
+                       str(month / "ossec-alerts-03.json"))  # fmt: skip
+
+    result = replay_cli(config, str(exports))
+
+    assert result.returncode == 0, result.stderr
+    assert "replay files=2 " in result.stderr.decode()
+    assert sorted(result.stdout.splitlines()) == sorted(named.stdout.splitlines())
+    assert result.stdout
