@@ -44,6 +44,7 @@ INDICATORS = {
 CONTEXT = {
     "misp_type": "md5",
     "event_id": "4242",
+    "event_uuid": "5f0c2a2e-6d3b-4b8a-9a51-0a6c0ffee001",
     "event_info": "Example C2",
     "attribute_uuid": "d9e3a82a-47e4-5185-8372-b76e36477be4",
     "category": "Network activity",
@@ -80,9 +81,14 @@ def flatten(record: dict, prefix: str = "") -> dict[str, object]:
     return fields
 
 
-def enrichment(kind: str, *, replay: bool) -> dict[str, object]:
+# A feed hit: a MISP feed has no event ids, only the event's uuid and info.
+FEED_CONTEXT = {key: value for key, value in CONTEXT.items() if key != "event_id"}
+
+
+def enrichment(kind: str, *, replay: bool, feed: bool = False) -> dict[str, object]:
     observable = Observable(kind, INDICATORS[kind], "data.srcip", INDICATORS[kind])
-    hit = Hit(kind, INDICATORS[kind], observable, dict(CONTEXT))
+    context = dict(FEED_CONTEXT if feed else CONTEXT)
+    hit = Hit(kind, INDICATORS[kind], observable, context)
     line = encode_enrichment(build_enrichment(ALERT, hit, replay=replay, repeats=2))
     return flatten(orjson.loads(line))
 
@@ -103,6 +109,8 @@ def health(status: str, *, stale: bool) -> dict[str, object]:
 RECORDS = {
     **{f"{k}": enrichment(k, replay=False) for k in INDICATORS},
     **{f"{k}_replay": enrichment(k, replay=True) for k in INDICATORS},
+    **{f"{k}_feed": enrichment(k, replay=False, feed=True) for k in INDICATORS},
+    **{f"{k}_feed_replay": enrichment(k, replay=True, feed=True) for k in INDICATORS},
     **{
         f"health_{s}_{stale}": health(s, stale=stale)
         for s in ("ok", "failed", "incomplete")
@@ -206,6 +214,16 @@ def test_fields_and_description_placeholders_exist_as_scalars(rule_id):
         for name in names:
             assert name in fields, (rule_id, record_name, name)
             assert isinstance(fields[name], (str, int, float)), (rule_id, name)
+
+
+def test_feed_hits_carry_no_event_id_yet_fire_the_hit_rules():
+    """The feed-sourced records really lack event_id, so the check above covers
+    descriptions that would name it."""
+    rule_ids = ("101081", "101082", "101083", "101084")
+    for kind, rule_id in zip(INDICATORS, rule_ids, strict=True):
+        fields = RECORDS[f"{kind}_feed"]
+        assert f"ioc.hit.{kind}.event_id" not in fields
+        assert fires_on(rule_id, fields)
 
 
 def test_legacy_description_is_complete_for_ip_hits():
