@@ -11,6 +11,8 @@
 # --root DIR  stages everything under DIR (every absolute path is prefixed);
 #             chown and systemctl are then skipped and printed as "skip: ...".
 #             They are also skipped when not running as root.
+#             DIR must hold what a manager has: DIR/var/ossec/etc/rules/
+#             and DIR/var/ossec/etc/ossec.conf.
 # --no-venv   does not create the virtual environment (for staging and tests).
 # --python PY the interpreter for the virtual environment (default python3).
 # --uninstall removes what the installer added: units, rules, logrotate file,
@@ -66,7 +68,7 @@ note() {
 }
 
 usage() {
-    sed -n '2,22s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    sed -n '2,24s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 parse_args() {
@@ -331,24 +333,35 @@ installed_rules() {
 }
 
 print_next_steps() {
+    local bin=$VENV_DIR/bin conf=$ETC_DIR/config.yaml
     cat <<EOF
 
-Next steps:
+Next steps (systemctl daemon-reload was run above, unless printed as skip:):
   1. Set MISP_URL and MISP_API_KEY in $ENV_FILE (or the key in a file, see
-     the docs); review $ETC_DIR/config.yaml.
-  2. systemctl daemon-reload
-  3. systemctl enable --now misp-ioc-sync.timer wazuh-ioc-tailer.service
-  4. systemctl restart wazuh-manager   (loads the rules and the <localfile> block)
-  5. Check: systemctl start misp-ioc-sync.service; journalctl -u misp-ioc-sync -n 20
+     the README); review $conf.
+  2. Check the configuration as the services will see it:
+     systemd-run --pipe --wait -p User=wazuh -p EnvironmentFile=$ENV_FILE \\
+       $bin/misp-ioc-sync --config $conf --check-config
+  3. Run the first sync and read its result:
+     systemctl start misp-ioc-sync.service; journalctl -u misp-ioc-sync -n 20
+  4. systemctl enable --now misp-ioc-sync.timer wazuh-ioc-tailer.service
+  5. systemctl restart wazuh-manager   (loads the rules and the <localfile> block)
 EOF
+}
+
+# What a staged root must hold, as a manager does, named in the error.
+manager_hint() {
+    if [[ -n $ROOT ]]; then
+        printf '%s' "; with --root, create $ROOT$RULES_DIR and $ROOT$OSSEC_CONF first"
+    fi
 }
 
 # Everything the install needs is checked before anything is changed.
 check_sources() {
     rules_sources >/dev/null
     [[ -f $REPO_DIR/rules/localfile.xml ]] || die "rules: $REPO_DIR/rules/localfile.xml missing; expected the <localfile> block of this package"
-    [[ -d $(at "$RULES_DIR") ]] || die "rules: $RULES_DIR missing; expected a Wazuh manager installation"
-    [[ -f $(at "$OSSEC_CONF") ]] || die "ossec.conf: $OSSEC_CONF missing; expected a Wazuh manager installation"
+    [[ -d $(at "$RULES_DIR") ]] || die "rules: $(at "$RULES_DIR") missing; expected a Wazuh manager installation$(manager_hint)"
+    [[ -f $(at "$OSSEC_CONF") ]] || die "ossec.conf: $(at "$OSSEC_CONF") missing; expected a Wazuh manager installation$(manager_hint)"
     if ((LIVE)) && ! id wazuh >/dev/null 2>&1; then
         die "user wazuh: missing; expected a Wazuh manager installation"
     fi

@@ -43,6 +43,13 @@ OLD_ENV_VARIABLES = {
     "MISP_SYNC_LOG_ENABLED",
     "MISP_SUPPRESS_TLS_WARN",
 }
+# What the tailer's unit reads from the same file.
+TAILER_ENV_VARIABLES = {
+    "WAZUH_ALERTS_PATH",
+    "IOC_STATE_DIR",
+    "IOC_MIN_LEVEL",
+    "IOC_ENRICHMENT_LOG",
+}
 
 
 @pytest.fixture
@@ -184,7 +191,7 @@ def test_install_refuses_a_root_without_ossec_conf(manager: Path) -> None:
     )
 
     assert done.returncode == 2
-    assert "ossec.conf: /var/ossec/etc/ossec.conf missing" in done.stderr
+    assert f"ossec.conf: {manager}/var/ossec/etc/ossec.conf missing" in done.stderr
     assert snapshot(manager) == before
 
 
@@ -381,7 +388,8 @@ def test_env_file_names_every_variable_of_the_existing_deployment() -> None:
 
     names = set(env_assignments(text, commented=True))
 
-    assert names - {"MISP_CA_BUNDLE"} == OLD_ENV_VARIABLES
+    assert names - {"MISP_CA_BUNDLE"} - TAILER_ENV_VARIABLES == OLD_ENV_VARIABLES
+    assert names >= TAILER_ENV_VARIABLES
     assert names <= set(ENV_KEYS) | {API_KEY_ENV}
     assert env_assignments(text, commented=False) == {}
 
@@ -418,3 +426,52 @@ def test_old_env_file_loads_to_the_settings_it_documents() -> None:
     assert cfg.store.urls_db == "/var/ioc/urls.db"
     assert cfg.sync.log_path == "/var/ossec/logs/misp-sync.log"
     assert cfg.sync.log_enabled is True
+
+
+# The commands of the next steps, in the order a first installation needs them.
+STEP_MARKS = (
+    "MISP_API_KEY",
+    "--check-config",
+    "systemctl start misp-ioc-sync.service",
+    "systemctl enable --now misp-ioc-sync.timer wazuh-ioc-tailer.service",
+    "systemctl restart wazuh-manager",
+)
+
+
+def step_order(text: str) -> list[int]:
+    return [text.index(mark) for mark in STEP_MARKS]
+
+
+def test_printed_next_steps_follow_the_readme_order(manager: Path) -> None:
+    """Check, first sync, then enable, then restart: in both places, and the
+    installer has already reloaded systemd itself."""
+    printed = run_install(manager).stdout
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Installing on a Wazuh manager") :]
+    section = section[: section.index("\n## ", 5)]
+
+    printed_steps = printed[printed.index("Next steps") :]
+
+    assert step_order(printed_steps) == sorted(step_order(printed_steps))
+    assert step_order(section) == sorted(step_order(section))
+    assert "skip: systemctl daemon-reload" in printed
+    assert "runs `systemctl daemon-reload` itself" in section
+
+
+def test_root_without_manager_files_names_what_to_create(tmp_path: Path) -> None:
+    """A staged root without ossec's rules directory is refused with the paths."""
+    root = tmp_path / "bare"
+    root.mkdir()
+
+    done = subprocess.run(
+        ["bash", str(INSTALL), "--root", str(root), "--no-venv"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    assert done.returncode == 2
+    assert f"create {root}/var/ossec/etc/rules and {root}/var/ossec/etc/ossec.conf" in (
+        done.stderr
+    )
+    assert not (root / "etc").exists()
