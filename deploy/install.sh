@@ -430,6 +430,8 @@ purge_user_data() {
     for db in "${IOC_DBS[@]}"; do
         rm -f "$(at "$IOC_DIR/$db.db")" "$(at "$IOC_DIR/$db.db-wal")" "$(at "$IOC_DIR/$db.db-shm")"
     done
+    # The sync's lock and the outcome of its last run live beside the databases.
+    rm -f "$(at "$IOC_DIR/.sync.lock")" "$(at "$IOC_DIR/.last-attempt.json")"
     rmdir "$(at "$IOC_DIR")" 2>/dev/null || note "kept $IOC_DIR: it holds files this package did not create"
     rm -rf "$(at "$ETC_DIR")" "$(at "$STATE_DIR")"
     rm -f "$(at "$ENV_FILE")"

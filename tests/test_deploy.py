@@ -243,7 +243,7 @@ def test_uninstall_purge_leaves_the_tree_as_before_plus_backups(
     """With --purge the store, config, env file and checkpoint go as well."""
     before = snapshot(manager)
     run_install(manager)
-    for name in ("ips.db", "ips.db-wal", "urls.db"):
+    for name in ("ips.db", "ips.db-wal", "urls.db", ".sync.lock", ".last-attempt.json"):
         (manager / "var/ioc" / name).write_bytes(b"SQLite format 3\x00")
     (manager / "var/lib/wazuh-misp-ioc/state.db").write_bytes(b"")
 
