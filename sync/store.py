@@ -441,6 +441,15 @@ def _context(columns: list[str], row: tuple) -> dict[str, Any]:
     return context
 
 
+# The most precise indicator first (an address before its network, a hostname
+# before the domain that covers it), then the newest MISP edit, then the uuid
+# so that equal rows always come back in the same order.
+CONTEXT_ORDER = (
+    "ORDER BY value, subtype IN ('cidr', 'domain'),"
+    " attribute_timestamp IS NULL, attribute_timestamp DESC, attribute_uuid"
+)
+
+
 class StoreReader:
     """Read-only access to the four databases (never blocks more than 100 ms).
 
@@ -511,8 +520,7 @@ class StoreReader:
         if not values:
             return []
         marks = ", ".join("?" * len(values))
-        sql = f"SELECT * FROM indicator WHERE value IN ({marks})"
-        " ORDER BY attribute_timestamp, attribute_uuid"
+        sql = f"SELECT * FROM indicator WHERE value IN ({marks}) {CONTEXT_ORDER}"
         try:
             with self._lock:
                 cursor = self._conns[kind].execute(sql, values)

@@ -383,3 +383,21 @@ def test_process_writer_reports_a_failed_write_and_a_lost_child(tmp_path):
     with pytest.raises(StoreError, match="store writer process: lost"):
         writer.count("ip")
     writer.rollback()
+
+
+def test_contexts_come_back_most_precise_then_newest_then_by_uuid(paths):
+    """Hostname before domain, newest edit first, uuid breaks ties, always."""
+    rows = [
+        _row("u-a", "evil.example", subtype="domain", attribute_timestamp=300),
+        _row("u-c", "evil.example", subtype="hostname", attribute_timestamp=100),
+        _row("u-d", "evil.example", subtype="hostname", attribute_timestamp=200),
+        _row("u-b", "evil.example", subtype="hostname", attribute_timestamp=200),
+        _row("u-e", "evil.example", subtype="hostname"),
+    ]
+    _write(paths, {"domain": rows})
+
+    with StoreReader(paths) as reader:
+        found = reader.contexts("domain", "evil.example")
+
+    order = [r["attribute_uuid"] for r in found]
+    assert order == ["u-b", "u-d", "u-c", "u-e", "u-a"]
