@@ -43,10 +43,13 @@ __all__ = [
     "normalize_ip",
     "normalize_network",
     "normalize_url",
+    "parse_port",
     "url_host",
 ]
 
 _MAX_SHOWN_CHARS = 80
+# "00080" is a port; a longer run of digits is not.
+_PORT_MAX_CHARS = 5
 
 
 class InvalidValue(ValueError):
@@ -68,7 +71,10 @@ class IndicatorValue:
 
 
 def _invalid(reason: str, where: str, got: object, expected: str) -> InvalidValue:
-    shown = repr(got)
+    try:
+        shown = repr(got)
+    except ValueError:  # an int past the digit limit of int-to-text
+        shown = f"<{type(got).__name__}>"
     if len(shown) > _MAX_SHOWN_CHARS:
         shown = shown[:_MAX_SHOWN_CHARS] + "..."
     what = reason.replace("_", " ")
@@ -146,9 +152,25 @@ def normalize_network(text: str) -> str:
 
 
 def _parse_prefix_len(text: str, length_text: str) -> int:
-    if not length_text.strip().isdigit():
+    length = _decimal(length_text, max_chars=3)
+    if length is None:
         raise _invalid("bad_network", "network", text, "address/prefix length")
-    return int(length_text)
+    return length
+
+
+def _decimal(text: str, *, max_chars: int) -> int | None:
+    """The value of ASCII decimal digits, or None.
+
+    ``str.isdigit`` accepts superscripts such as ``²`` that ``int`` refuses, and
+    ``int`` refuses texts past 4300 digits: both would escape as plain
+    ValueError, so only short ASCII digit runs are numbers here.
+    """
+    digits = text.strip()
+    if not digits or len(digits) > max_chars:
+        return None
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    return int(digits)
 
 
 def _network_ranges(*cidrs: str) -> tuple[tuple[int, int], ...]:
@@ -306,10 +328,13 @@ def _normalize_netloc(netloc: str, scheme: str, url: str) -> str:
     host = _normalize_url_host(host, url)
     if ":" in host:
         host = f"[{host}]"
-    if port and (not port.isdigit() or int(port) > 65535):
+    if not port:
+        return f"{userinfo}{at}{host}"
+    number = _decimal(port, max_chars=_PORT_MAX_CHARS)
+    if number is None or number > 65535:
         raise _invalid("bad_url", "url", url, "a port of 0-65535")
-    if port and port.lstrip("0") != _DEFAULT_PORTS.get(scheme):
-        host = f"{host}:{int(port)}"
+    if str(number) != _DEFAULT_PORTS.get(scheme):
+        host = f"{host}:{number}"
     return f"{userinfo}{at}{host}"
 
 
@@ -431,11 +456,23 @@ def _length_rule(algorithm: str | None) -> str:
 # ---------------------------------------------------------------- MISP types
 
 
+def parse_port(text: object, where: str = "port") -> int:
+    """A port of 1-65535 from its ASCII decimal text; raise ``InvalidValue``."""
+    number = None
+    if isinstance(text, str):
+        number = _decimal(text, max_chars=_PORT_MAX_CHARS)
+    elif isinstance(text, int) and not isinstance(text, bool):
+        number = text
+    if number is None or not 1 <= number <= 65535:
+        raise _invalid("bad_port", where, text, "a port of 1-65535")
+    return number
+
+
 def _port(text: str, value: str) -> int:
-    port = text.strip()
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise _invalid("bad_port", "port", value, "a port of 1-65535")
-    return int(port)
+    try:
+        return parse_port(text)
+    except InvalidValue:
+        raise _invalid("bad_port", "port", value, "a port of 1-65535") from None
 
 
 def _split_ip_port(value: str) -> tuple[str, int]:
@@ -537,6 +574,8 @@ def indicators_from_misp(misp_type: str, value: str) -> list[IndicatorValue]:
     ``link`` a reference, neither is an indicator). Raises ``InvalidValue`` when
     the value fails its type's check; never returns a half-normalised value.
     """
+    if not isinstance(misp_type, str):
+        raise _invalid("bad_type", "type", misp_type, "a MISP type name")
     convert = _CONVERTERS.get(misp_type)
     if convert is None:
         return []

@@ -14,6 +14,7 @@ from sync.normalize import (
     normalize_ip,
     normalize_network,
     normalize_url,
+    parse_port,
     url_host,
 )
 
@@ -391,3 +392,50 @@ def test_fast_paths_give_the_same_result_as_the_full_path():
     for function, canonical, other in samples:
         assert function(canonical) == canonical
         assert function(other) == canonical
+
+
+LONG_DIGITS = "1" * 5000
+
+
+@pytest.mark.parametrize(
+    ("misp_type", "value", "reason"),
+    [
+        ("ip-dst|port", "1.2.3.11|\u00b2", "bad_port"),
+        ("ip-dst|port", "1.2.3.11|" + LONG_DIGITS, "bad_port"),
+        ("ip-dst|port", "1.2.3.11|\u0663", "bad_port"),
+        ("hostname|port", "evil.example|\u00b2", "bad_port"),
+        ("ip-dst", "1.2.3.0/\u00b2", "bad_network"),
+        ("ip-dst", "1.2.3.0/" + LONG_DIGITS, "bad_network"),
+        ("url", "http://evil.example:\u00b2/x", "bad_url"),
+        ("url", "http://evil.example:" + LONG_DIGITS + "/x", "bad_url"),
+        (["ip-dst"], "1.2.3.4", "bad_type"),
+    ],
+)
+def test_odd_digits_and_types_raise_invalid_value_naming_the_reason(
+    misp_type, value, reason
+):
+    """Unicode digits and 5,000-digit numbers are bad values, not crashes."""
+    with pytest.raises(InvalidValue) as caught:
+        indicators_from_misp(misp_type, value)
+
+    assert caught.value.reason == reason
+    assert len(str(caught.value)) < 300
+
+
+@pytest.mark.parametrize("text", ["\u00b2", LONG_DIGITS, "0", "65536", "-1", "", None])
+def test_parse_port_refuses_anything_but_a_short_ascii_port(text):
+    """An alert port of '²' or 5,000 digits raises InvalidValue, never ValueError."""
+    with pytest.raises(InvalidValue) as caught:
+        parse_port(text, "data.srcport")
+
+    assert caught.value.reason == "bad_port"
+    assert str(caught.value).startswith("data.srcport: bad port")
+
+
+def test_parse_port_reads_padded_ascii_decimals_and_ints():
+    """'00443', ' 80 ' and 8080 are the ports 443, 80 and 8080."""
+    assert [parse_port("00443"), parse_port(" 80 "), parse_port(8080)] == [
+        443,
+        80,
+        8080,
+    ]
