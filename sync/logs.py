@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from urllib.parse import unquote, urlsplit
 
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -34,6 +35,48 @@ def register_secret(text: str | None) -> None:
         # A new tuple, longest first: readers iterate without the lock.
         if text not in _secrets:
             _secrets = tuple(sorted({*_secrets, text}, key=len, reverse=True))
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit to print: no ``user:password@``, every query value masked.
+
+    A MISP URL may carry a password or an API key (``?key=...``); the host,
+    port and path are what an operator needs to see.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return MASK
+    host = parts.netloc.rpartition("@")[2]
+    query = "&".join(_masked_pair(pair) for pair in parts.query.split("&") if pair)
+    shown = f"{parts.scheme}://{host}" if parts.scheme else host
+    shown += parts.path
+    return f"{shown}?{query}" if query else shown
+
+
+def _masked_pair(pair: str) -> str:
+    name, equals, _ = pair.partition("=")
+    return f"{name}={MASK}" if equals else MASK
+
+
+def url_secrets(url: str) -> list[str]:
+    """The parts of ``url`` that must never be printed: password, query values."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return [url]
+    found = [parts.password or ""]
+    for pair in parts.query.split("&"):
+        name, equals, value = pair.partition("=")
+        found.append(value if equals else name)
+    return [text for text in found if text]
+
+
+def register_url_secrets(url: str) -> None:
+    """Register the password and query values of ``url`` (see register_secret)."""
+    for text in url_secrets(url):
+        register_secret(text)
+        register_secret(unquote(text))
 
 
 def mask_secrets(text: str) -> str:

@@ -11,7 +11,9 @@ from sync.logs import (
     SecretFilter,
     kv,
     mask_secrets,
+    redact_url,
     register_secret,
+    register_url_secrets,
     setup_logging,
 )
 
@@ -156,3 +158,36 @@ def test_rate_limited_error_logs_at_error_level(
 
     assert [record.levelname for record in caplog.records] == ["ERROR"]
     assert limited.suppressed_count("store_locked") == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://misp.example:8443/", "https://misp.example:8443/"),
+        ("https://admin:Pa55-word-x@misp.example/", "https://misp.example/"),
+        (
+            "https://misp.example/base?key=" + SECRET + "&x",
+            "https://misp.example/base?key=********&********",
+        ),
+        ("https://u:p@[2001:db8::1]:443/m#frag", "https://[2001:db8::1]:443/m"),
+    ],
+)
+def test_redact_url_drops_userinfo_and_masks_query_values(url, shown) -> None:
+    """Host, port and path stay readable; credentials never do."""
+    assert redact_url(url) == shown
+
+
+def test_url_password_and_query_key_are_masked_once_registered(
+    capsys: pytest.CaptureFixture, restore_logging: None
+) -> None:
+    """A password or key taken from the MISP URL is masked in any record."""
+    setup_logging("DEBUG")
+    register_url_secrets("https://admin:Pa55-w%40rd-x@misp.example/?apikey=" + SECRET)
+    probe = logging.getLogger("sync.probe")
+
+    probe.warning("echo %s %s %s", "Pa55-w@rd-x", "Pa55-w%40rd-x", SECRET)
+
+    err = capsys.readouterr().err
+    assert "Pa55" not in err
+    assert SECRET not in err
+    assert err.count("********") == 3
