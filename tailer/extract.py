@@ -106,6 +106,9 @@ class _Field:
     rest: tuple[str, ...]
     suffix: tuple[str, ...]
     port_parts: tuple[str, ...] | None
+    # The suffix split for the common case of a dict below the prefix.
+    first: str | None
+    after: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,8 @@ class _Group:
 
     prefix: tuple[str, ...]
     fields: tuple[_Field, ...]
+    # The first key below the prefix of every field; None if a field ends there.
+    firsts: frozenset[str] | None
 
 
 def _compile_group(specs: Sequence[FieldSpec]) -> _Group:
@@ -132,10 +137,13 @@ def _compile_group(specs: Sequence[FieldSpec]) -> _Group:
             rest,
             rest[len(prefix) :],
             tuple(spec.port_path.split(".")) if spec.port_path else None,
+            rest[len(prefix)] if len(rest) > len(prefix) else None,
+            rest[len(prefix) + 1 :],
         )
         for spec, rest in zip(specs, rests, strict=True)
     )
-    return _Group(prefix, fields)
+    firsts = frozenset(spec.first for spec in fields)
+    return _Group(prefix, fields, None if None in firsts else firsts)
 
 
 def _below_root(parts: tuple[str, ...]) -> tuple[str, ...]:
@@ -344,27 +352,52 @@ def _walk(node: Any, parts: tuple[str, ...]) -> Any:
 
 
 def _read_group(run: _Run, group: _Group, node: Any) -> None:
-    base = _walk(node, group.prefix)
+    base = _walk(node, group.prefix) if group.prefix else node
     if base is _MISSING:
         return
     if base is _LISTED:
         for spec in group.fields:
             _read_values(run, spec, _values_at(node, spec.rest))
         return
+    if group.firsts is not None and isinstance(base, dict):
+        _read_dict(run, group, base)
+        return
 
     for spec in group.fields:
         value = _walk(base, spec.suffix)
-        if value is _MISSING:
-            continue
-        if value is _LISTED or isinstance(value, list):
-            _read_values(run, spec, _values_at(base, spec.suffix))
-        else:
-            _read_value_at(run, spec, value)
+        if value is not _MISSING:
+            _read_found(run, spec, value, base)
+
+
+def _read_dict(run: _Run, group: _Group, base: dict) -> None:
+    """The common case: one dict lookup per field, none when no key is there."""
+    if base.keys().isdisjoint(group.firsts):
+        return
+    for spec in group.fields:
+        value = base.get(spec.first, _MISSING)
+        if value is not _MISSING and spec.after:
+            value = _walk(value, spec.after)
+        if value is not _MISSING:
+            _read_found(run, spec, value, base)
+
+
+def _read_found(run: _Run, spec: _Field, value: Any, base: Any) -> None:
+    if isinstance(value, str):
+        text = value.strip()
+        if text and text not in _NO_VALUE:
+            spec.read(run, spec, text)
+    elif value is _LISTED or isinstance(value, list):
+        _read_values(run, spec, _values_at(base, spec.suffix))
+    else:
+        _read_value_at(run, spec, value)
 
 
 def _read_values(run: _Run, spec: _Field, values: Iterator[Any]) -> None:
     for raw in values:
         _read_value_at(run, spec, raw)
+
+
+_NO_VALUE = frozenset(("-", "null", "N/A"))
 
 
 def _read_value_at(run: _Run, spec: _Field, raw: Any) -> None:
@@ -374,7 +407,7 @@ def _read_value_at(run: _Run, spec: _Field, raw: Any) -> None:
         text = str(raw).strip()
     else:
         return
-    if text and text not in ("-", "null", "N/A"):
+    if text and text not in _NO_VALUE:
         spec.read(run, spec, text)
 
 
@@ -496,7 +529,8 @@ def _read_sysmon_hashes(run: _Run, spec: _Field, text: str) -> None:
     for pair in text.split(","):
         algorithm, _, digest = pair.strip().partition("=")
         algorithm = algorithm.strip().lower()
-        digest = digest.strip()
+        # Lower-cased here, the digest normalises on the first try.
+        digest = digest.strip().lower()
         if algorithm in ("md5", "sha1", "sha256", "sha512") and digest:
             _make(run, "hash", digest, spec.path, text, algorithm=algorithm)
 
@@ -536,9 +570,10 @@ def _read_urls_in_text(run: _Run, spec: _Field, text: str) -> None:
 
 
 def _urls_in_text(run: _Run, path: str, text: str, raw: str) -> None:
-    if "://" not in text and "%" not in text:
-        return
     decoded = unquote(text) if "%" in text else text
+    # Every URL the pattern finds has `://`; most texts have none.
+    if "://" not in decoded:
+        return
     for match in _URL_IN_TEXT.finditer(decoded):
         _make(run, "url", match.group(0).rstrip(_URL_TRAILING), path, raw)
 
