@@ -31,7 +31,7 @@ from urllib3.exceptions import InsecureRequestWarning
 
 from sync import __version__
 from sync.config import Secret
-from sync.logs import MASK
+from sync.logs import MASK, redact_url, register_url_secrets, url_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ CLIENT_PARAMS = ("returnFormat", "order", "limit", "page")
 KEY_PATTERN = re.compile(r"[A-Za-z0-9]{40}")
 READ_CHUNK_BYTES = 1 << 20
 CAUSE_MAX_CHARS = 300
+# Longer header numbers are garbage (a day of Retry-After has 5 digits).
+HEADER_NUMBER_MAX_CHARS = 12
 NOT_RETRYABLE = (
     requests.exceptions.InvalidURL,
     requests.exceptions.InvalidSchema,
@@ -126,6 +128,10 @@ class MispClient:
         self._secret = api_key if isinstance(api_key, Secret) else Secret(api_key)
         _check_key_shape(self._secret)
         self.url = url.rstrip("/")
+        # Printed in place of the URL, which may carry a password or a key.
+        self.shown_url = redact_url(self.url)
+        self._url_secrets = url_secrets(self.url)
+        register_url_secrets(self.url)
         self.verify_tls = verify_tls
         self.suppress_tls_warning = suppress_tls_warning
         self.timeout_s = (connect_timeout_s, read_timeout_s)
@@ -160,7 +166,7 @@ class MispClient:
 
     def __repr__(self) -> str:
         return (
-            f"MispClient(url={self.url!r}, api_key={MASK!r}, "
+            f"MispClient(url={self.shown_url!r}, api_key={MASK!r}, "
             f"verify_tls={self.verify_tls}, page_size={self.page_size})"
         )
 
@@ -324,11 +330,11 @@ class MispClient:
                 )
         except requests.exceptions.SSLError as err:
             if "CERTIFICATE_VERIFY_FAILED" in str(err):
-                raise MispTlsError(self._tls_message(err)) from None
+                raise MispTlsError(self._scrub(self._tls_message(err))) from None
             raise _Retryable(_describe(err)) from None
         except NOT_RETRYABLE as err:
             raise MispUnavailable(
-                f"MISP {self.url}: cannot send the request "
+                f"MISP {self.shown_url}: cannot send the request "
                 f"({self._scrub(_describe(err))}); expected an http(s) base URL"
             ) from None
         except requests.RequestException as err:
@@ -337,7 +343,7 @@ class MispClient:
     def _tls_message(self, err: Exception) -> str:
         reason = re.search(r"certificate verify failed: ([^()'\"]+)", str(err))
         return (
-            f"MISP {self.url}: TLS certificate verification failed "
+            f"MISP {self.shown_url}: TLS certificate verification failed "
             f"({reason.group(1).strip() if reason else 'unknown reason'}); expected "
             "a certificate trusted by the system store or misp.ca_bundle"
         )
@@ -363,13 +369,20 @@ class MispClient:
             location = response.headers.get("Location", "")
             raise MispResponseError(
                 f"{where}: redirected (HTTP {status} to "
-                f"{location}); expected misp.url to be the final address"
+                f"{redact_url(location)}); expected misp.url to be the final address"
             )
         raise MispResponseError(f"{where}: HTTP {status}: {message}; expected HTTP 200")
 
     def _scrub(self, text: str) -> str:
-        key = self._secret.reveal()
-        return text.replace(key, MASK) if key else text
+        """Mask the key and URL credentials, then shorten: never the reverse.
+
+        Shortening first could cut an echoed key and leave a fragment that
+        no longer matches the whole key.
+        """
+        for secret in (self._secret.reveal(), *self._url_secrets):
+            if secret:
+                text = text.replace(secret, MASK)
+        return _shorten(text)
 
 
 def _check_key_shape(secret: Secret) -> None:
@@ -476,12 +489,12 @@ def _error_message(response: requests.Response) -> str:
     try:
         document = orjson.loads(text)
     except orjson.JSONDecodeError:
-        return _shorten(" ".join(text.split())) or "empty body"
+        return " ".join(text.split()) or "empty body"
     if isinstance(document, dict):
         message = document.get("message") or document.get("name")
         if message:
-            return _shorten(str(message))
-    return _shorten(text)
+            return str(message)
+    return text
 
 
 def _retry_after_s(value: str | None) -> float | None:
@@ -489,11 +502,13 @@ def _retry_after_s(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    seconds = _header_number(value)
+    if seconds is not None:
+        return float(seconds)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
+        logger.debug("retry_after_ignored value=%s", _quote(value[:40]))
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
@@ -501,12 +516,25 @@ def _retry_after_s(value: str | None) -> float | None:
 
 
 def _skipped_count(headers: Any) -> int:
-    value = headers.get("X-Skipped-Elements-Count", "0")
-    return int(value) if str(value).isdigit() else 0
+    value = str(headers.get("X-Skipped-Elements-Count", "0"))
+    count = _header_number(value)
+    if count is None:
+        logger.debug("skipped_count_ignored value=%s", _quote(value[:40]))
+        return 0
+    return count
+
+
+def _header_number(value: str) -> int | None:
+    """A short run of ASCII digits as an int (``"²".isdigit()`` is True)."""
+    value = value.strip()
+    if not value or len(value) > HEADER_NUMBER_MAX_CHARS:
+        return None
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 def _describe(err: BaseException) -> str:
-    return _shorten(f"{type(err).__name__}: {err}")
+    # Shortened later, by MispClient._scrub, once secrets are masked.
+    return f"{type(err).__name__}: {err}"
 
 
 def _shorten(text: str) -> str:

@@ -403,3 +403,111 @@ def test_event_metadata_of_the_wrong_shape_names_the_endpoint(fixed_server):
     assert str(caught.value).startswith(
         "MISP /events/restSearch (1 events): bad framing"
     )
+
+
+class _ScriptedAnswer(BaseHTTPRequestHandler):
+    """Answers each POST with the next (status, headers, body) of ``script``."""
+
+    script: list = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        status, headers, body = self.script.pop(0) if self.script else (200, {}, b"")
+        self.send_response(status)
+        for name, value in {"Content-Type": "application/json", **headers}.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:
+        """Quiet."""
+
+
+@pytest.fixture
+def scripted_server():
+    servers = []
+
+    def start(*answers: tuple) -> str:
+        handler = type("Script", (_ScriptedAnswer,), {"script": list(answers)})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+ONE_ROW = b'{"response": {"Attribute": [{"uuid": "u1"}]}}'
+NO_ROWS = b'{"response": {"Attribute": []}}'
+
+
+@pytest.mark.parametrize("retry_after", ["\u00b2", "soon", "9" * 400, "Mon, 99 Foo"])
+def test_garbage_retry_after_falls_back_to_the_default_back_off(small, retry_after):
+    """Retry-After '²' or garbage is ignored; the pull still completes."""
+    small.inject("status429", retry_after=retry_after)
+    started = time.monotonic()
+
+    found = pull(client_for(small, backoff_base_s=0.01))
+
+    assert len(found) == 122
+    assert time.monotonic() - started < 1.0
+    assert [r.fault for r in small.requests[:2]] == ["status429", None]
+
+
+def test_garbage_skipped_elements_header_counts_zero(scripted_server):
+    """X-Skipped-Elements-Count '²' counts as 0 instead of failing the pull."""
+    odd = {"X-Skipped-Elements-Count": "\u00b2"}
+    address = scripted_server((200, odd, ONE_ROW), (200, {}, NO_ROWS))
+
+    client = MispClient(f"http://{address}", Secret(DEFAULT_API_KEY), retries=0)
+    found = pull(client)
+
+    assert [row["uuid"] for row in found] == ["u1"]
+    assert client.skipped_count == 0 and client.incomplete is None
+
+
+def test_a_key_echoed_near_the_cut_is_masked_before_shortening(scripted_server):
+    """No fragment of an echoed key survives the 300-character limit."""
+    message = "x" * 270 + " key " + DEFAULT_API_KEY + " rest" * 20
+    body = orjson.dumps({"message": message})
+    address = scripted_server((500, {}, body))
+    client = MispClient(f"http://{address}", Secret(DEFAULT_API_KEY), retries=0)
+
+    with pytest.raises(MispUnavailable) as caught:
+        pull(client)
+
+    text = str(caught.value)
+    assert "key ********" in text
+    assert DEFAULT_API_KEY[:8] not in text
+
+
+def test_credentials_in_the_misp_url_never_show(scripted_server, caplog):
+    """user:password@ and ?key= of misp.url stay out of errors, logs and repr."""
+    caplog.set_level(logging.DEBUG)
+    password, query_key = "S3cret-pass", "QueryKey" + "7" * 32
+    address = scripted_server((404, {}, b'{"message": "Not Found"}'))
+    secrets = f"admin:{password}@{address}/misp?key={query_key}"
+    client = MispClient(f"http://{secrets}", Secret(DEFAULT_API_KEY), retries=0)
+    refused = MispClient(
+        f"http://admin:{password}@127.0.0.1:9/?key={query_key}",
+        Secret(DEFAULT_API_KEY),
+        retries=1,
+        backoff_base_s=0,
+    )
+
+    with pytest.raises(MispResponseError) as answered:
+        client.fetch_attribute_page({}, 1)
+    with pytest.raises(MispUnavailable) as caught:
+        pull(refused)
+
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("sync")]
+    texts = [str(caught.value), str(answered.value), repr(client), *ours]
+    assert "Connection refused" in str(caught.value)
+    assert "misp_retry" in " ".join(ours)
+    for text in texts:
+        assert password not in text and query_key not in text
+    assert client.shown_url == f"http://{address}/misp?key=********"
