@@ -36,6 +36,7 @@ DEFAULT_CONFIG_PATH = "/etc/wazuh-misp-ioc/config.yaml"
 API_KEY_ENV = "MISP_API_KEY"
 CREDENTIAL_NAME = "misp_api_key"
 EXTRA_FIELD_TYPES = ("ip", "domain", "url", "hash")
+NOT_OBSERVABLE_ROOTS = ("agent", "manager", "predecoder", "location")
 START_AT_CHOICES = ("end", "beginning")
 
 _TRUE_WORDS = ("true", "yes", "1")
@@ -155,13 +156,19 @@ def _not_empty(value: object) -> tuple[str, str] | None:
 def _http_url(value: object) -> tuple[str, str] | None:
     if value == "":
         return None
-    parts = urlsplit(str(value))
-    if parts.scheme in ("http", "https") and parts.hostname:
+    expected = "an http:// or https:// URL with a host, e.g. https://misp.example.org"
+    try:
+        parts = urlsplit(str(value))
+        host = parts.hostname
+        has_credentials = parts.username is not None or parts.password is not None
+        parts.port  # noqa: B018 - raises ValueError on a port out of range
+    except ValueError as err:
+        return (f"not a valid URL ({err})", expected)
+    if has_credentials:
+        return ("holds credentials (user:password@)", expected + " without them")
+    if parts.scheme in ("http", "https") and host:
         return None
-    return (
-        "not an http(s) URL",
-        "an http:// or https:// URL with a host, e.g. https://misp.example.org",
-    )
+    return ("not an http(s) URL", expected)
 
 
 @dataclass(frozen=True)
@@ -365,6 +372,15 @@ class _Invalid(Exception):
         self.expected = expected
 
 
+def _without_credentials(raw: object) -> object:
+    """`raw` with anything between `//` and `@` masked, for error messages."""
+    text = str(raw)
+    scheme, separator, rest = text.partition("//")
+    if not separator or "@" not in rest.split("/", 1)[0]:
+        return raw
+    return f"{scheme}//********@{rest.split('@', 1)[1]}"
+
+
 def _error(where: str, what: str, got: object, expected: str) -> str:
     return f"{where}: {what} (got {_show(got)}); expected {expected}"
 
@@ -401,7 +417,8 @@ class _Layers:
 
         broken = spec.check(value) if spec.check else None
         if broken:
-            self.errors.append(_error(where, broken[0], raw, broken[1]))
+            shown = _without_credentials(raw) if spec.check is _http_url else raw
+            self.errors.append(_error(where, broken[0], shown, broken[1]))
             return
         self.values[path] = value
         self.sources[path] = where
@@ -571,7 +588,17 @@ def _to_extra_fields(raw: object) -> tuple[ExtraField, ...]:
         return ()
     if not isinstance(raw, list | tuple):
         raise _Invalid("not a list", "a list of {path, type} mappings")
-    return tuple(_to_extra_field(index, entry) for index, entry in enumerate(raw))
+    fields, problems = [], []
+    for index, entry in enumerate(raw):
+        try:
+            fields.append(_to_extra_field(index, entry))
+        except _Invalid as err:
+            problems.append(err)
+    if problems:
+        raise _Invalid(
+            "; ".join(problem.what for problem in problems), problems[0].expected
+        )
+    return tuple(fields)
 
 
 def _to_extra_field(index: int, entry: object) -> ExtraField:
@@ -586,7 +613,17 @@ def _to_extra_field(index: int, entry: object) -> ExtraField:
         raise _Invalid(f"entry [{index}] has an empty or non-string path", expected)
     if kind not in EXTRA_FIELD_TYPES:
         raise _Invalid(f"entry [{index}] has type {kind!r}", expected)
-    return ExtraField(path=path.strip(), type=kind)
+    path = path.strip()
+    if any(not segment for segment in path.split(".")):
+        raise _Invalid(f"entry [{index}] has an empty segment in {path!r}", expected)
+    root = path.split(".", 1)[0]
+    if root in NOT_OBSERVABLE_ROOTS:
+        raise _Invalid(
+            f"entry [{index}] path {path!r} names the alert's source, not an "
+            "observable",
+            f"a path outside {', '.join(NOT_OBSERVABLE_ROOTS)}",
+        )
+    return ExtraField(path=path, type=kind)
 
 
 def _read_document(
@@ -621,11 +658,34 @@ def _read_document(
     return _parse_document(file_path, text, errors)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """The safe YAML loader, refusing a key given twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001, ANN201
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} given twice in one mapping",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _parse_document(
     file_path: Path, text: str, errors: list[str]
 ) -> Mapping[str, object]:
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - safe loader
+    except RecursionError:
+        errors.append(
+            _error(f"config {file_path}", "nested too deeply", "...", "a flat YAML")
+        )
+        return {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{file_path}:{mark.line + 1}" if mark else str(file_path)

@@ -680,3 +680,50 @@ def test_readme_reference_lists_every_key_with_its_variable() -> None:
     }
 
     assert {key: rows.get(key) for key in expected} == expected
+
+
+def config_errors(tmp_path: Path, text: str) -> list[str]:
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        load_config(path=config_file, env={})
+    return raised.value.errors
+
+
+@pytest.mark.parametrize(
+    ("url", "what"),
+    [
+        ("https://[::1", "not a valid URL"),
+        ("https://misp.example:99999", "not a valid URL"),
+        ("https://user:pa55w0rd@misp.example", "holds credentials"),
+    ],
+)
+def test_broken_or_credential_misp_url_is_a_config_error(tmp_path, url, what):
+    errors = config_errors(tmp_path, f"misp: {{url: {url!r}}}\n")
+
+    assert len(errors) == 1 and errors[0].startswith("config misp.url: " + what)
+    assert "pa55w0rd" not in errors[0]
+
+
+def test_extra_fields_report_every_bad_entry_at_load_time(tmp_path):
+    text = (
+        "tailer:\n  extra_fields:\n"
+        "    - {path: agent.ip, type: ip}\n"
+        "    - {path: data..x, type: ip}\n"
+        "    - {path: data.ok, type: ip}\n"
+    )
+
+    errors = config_errors(tmp_path, text)
+
+    assert len(errors) == 1
+    assert "entry [0] path 'agent.ip'" in errors[0]
+    assert "entry [1] has an empty segment" in errors[0]
+    assert "entry [2]" not in errors[0]
+
+
+def test_key_given_twice_and_runaway_nesting_are_config_errors(tmp_path):
+    twice = config_errors(tmp_path, "tailer:\n  min_level: 3\n  min_level: 5\n")
+    nested = config_errors(tmp_path, "[" * 10000 + "\n")
+
+    assert "given twice" in twice[0] and twice[0].startswith("config ")
+    assert "nested too deeply" in nested[0]
