@@ -33,7 +33,7 @@ SUBCOMMANDS = ("run", "replay", "lookup", "status")
 HASH_LENGTHS = (32, 40, 56, 64, 96, 128)
 INTERNAL_CONTEXT = ("value", "seen_run", "stored_at", "ip_version", "prefix_len")
 # `203.0.113.7:443`, `[2001:db8::1]:443` or MISP's `203.0.113.7|443`.
-ADDRESS_WITH_PORT = re.compile(r"^\[?(?P<ip>[^\[\]|]+?)\]?[:|](?P<port>\d{1,5})$")
+ADDRESS_WITH_PORT = re.compile(r"^\[?(?P<ip>[^\[\]|]+?)\]?[:|](?P<port>[0-9]{1,5})$")
 
 
 def build_parser() -> argparse.ArgumentParser:

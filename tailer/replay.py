@@ -208,7 +208,7 @@ def describe_gzip_error(err: BaseException) -> str:
 
 # -- options ----------------------------------------------------------------------
 
-RELATIVE_TIME = re.compile(r"^(\d+)([smhd])$")
+RELATIVE_TIME = re.compile(r"^([0-9]{1,9})([smhd])$")
 UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -231,18 +231,18 @@ class ReplayOptions:
 def parse_time(text: str, *, now: datetime | None = None) -> datetime:
     """Parse `2026-12-01`, an ISO 8601 time, or a relative `7d`/`12h`/`30m`."""
     now = now or datetime.now().astimezone()
-    relative = RELATIVE_TIME.match(text.strip())
-    if relative:
-        amount, unit = relative.groups()
-        return now - timedelta(seconds=int(amount) * UNIT_S[unit])
     try:
+        relative = RELATIVE_TIME.match(text.strip())
+        if relative:
+            amount, unit = relative.groups()
+            return now - timedelta(seconds=int(amount) * UNIT_S[unit])
         moment = datetime.fromisoformat(text.strip())
-    except ValueError as err:
+        return moment if moment.tzinfo else moment.astimezone()
+    except (ValueError, OverflowError) as err:
         raise ReplayError(
             f"replay time: not a time (got {text!r}); expected 2026-12-01, "
-            "2026-12-01T10:00:00+00:00 or a relative 7d, 12h, 30m"
+            "2026-12-01T10:00:00+00:00 or a relative 7d, 12h, 30m, from year 2 on"
         ) from err
-    return moment if moment.tzinfo else moment.astimezone()
 
 
 TIME_FORMS = "2026-12-01, 2026-12-01T10:00:00+00:00, or 7d/12h/30m ago"
@@ -362,8 +362,10 @@ def alert_time(text: Any) -> datetime | None:
     if not isinstance(text, str):
         return None
     try:
-        return datetime.fromisoformat(text)
-    except ValueError:
+        moment = datetime.fromisoformat(text)
+        # An alert time without an offset is taken as the manager's local time.
+        return moment if moment.tzinfo else moment.astimezone()
+    except (ValueError, OverflowError):
         return None
 
 
@@ -437,6 +439,17 @@ class StreamWriter(EnrichmentWriter):
         self.stream.write(line)
 
 
+def open_output(path: str) -> BinaryIO:
+    """Open `--output` for writing, or say why not."""
+    try:
+        return open(path, "wb")  # noqa: SIM115 - closed by HitSink.close
+    except OSError as err:
+        raise ReplayError(
+            f"replay --output: cannot write {path} ({err.strerror}); expected a "
+            "writable file path, or - for stdout"
+        ) from err
+
+
 class HitSink:
     """Where replayed hits go: a file or stdout, or the live enrichment log.
 
@@ -457,7 +470,7 @@ class HitSink:
             self.writer = StreamWriter(sys.stdout.buffer, **writer_options)
         else:
             refuse_live_log(cfg, options.output)
-            self.stream = open(options.output, "wb")  # noqa: SIM115
+            self.stream = open_output(options.output)
             self.writer = StreamWriter(self.stream, **writer_options)
 
     @property

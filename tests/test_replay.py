@@ -370,3 +370,39 @@ def test_replay_reads_jsonl_exports_from_a_foreign_directory(replay_world, archi
     assert "replay files=2 " in result.stderr.decode()
     assert sorted(result.stdout.splitlines()) == sorted(named.stdout.splitlines())
     assert result.stdout
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--since", "99999999999999d"], "replay time: not a time"),
+        (["--since", "0001-01-01"], "replay time: not a time"),
+        (["--until", "2026-13-45"], "replay time: not a time"),
+        (["--output", "/"], "replay --output: cannot write /"),
+        (["--output", "/nonexistent/x.jsonl"], "replay --output: cannot write"),
+    ],
+)
+def test_unusable_replay_option_exits_2_naming_it(
+    replay_world, archive, option, message
+):
+    _, config = replay_world
+
+    result = replay_cli(config, *option, str(archive))
+
+    assert result.returncode == 2
+    assert message in result.stderr.decode()
+    assert "Traceback" not in result.stderr.decode()
+
+
+def test_alert_time_without_offset_is_compared_not_crashed(replay_world, tmp_path):
+    _, config = replay_world
+    alerts = tmp_path / "naive.jsonl"
+    alerts.write_text(
+        '{"timestamp":"2026-12-03T16:28:14","rule":{"level":12,"id":"5712"},'
+        '"id":"1.1","data":{"srcip":"192.0.2.10"}}\n'
+    )
+
+    result = replay_cli(config, "--since", "2026-01-01", str(alerts))
+
+    assert result.returncode == 0, result.stderr.decode()
+    assert b'"indicator":"192.0.2.10"' in result.stdout
