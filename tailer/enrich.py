@@ -90,19 +90,38 @@ def _alert_block(alert: Mapping[str, Any]) -> dict:
     agent = _mapping(alert.get("agent"))
     return _clean(
         {
-            "id": alert.get("id"),
-            "timestamp": alert.get("timestamp"),
+            "id": _scalar(alert.get("id")),
+            "timestamp": _scalar(alert.get("timestamp")),
             "rule": _clean(
                 {
-                    "id": rule.get("id"),
-                    "level": rule.get("level"),
-                    "description": rule.get("description"),
+                    "id": _scalar(rule.get("id")),
+                    "level": _scalar(rule.get("level")),
+                    "description": _scalar(rule.get("description")),
                 }
             ),
-            "agent": _clean({"id": agent.get("id"), "name": agent.get("name")}),
-            "location": alert.get("location"),
+            "agent": _clean(
+                {"id": _scalar(agent.get("id")), "name": _scalar(agent.get("name"))}
+            ),
+            "location": _scalar(alert.get("location")),
         }
     )
+
+
+def _scalar(value: Any) -> Any:
+    """An alert value as one scalar: odd shapes become their JSON text.
+
+    Wazuh writes these fields as strings and numbers; anything else (an object,
+    a list, an integer beyond what JSON readers keep exactly) is carried as text,
+    so no array or dotted key reaches the line and the size cut still applies.
+    """
+    if value is None or isinstance(value, str | bool | float):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) < 2**53 else str(value)
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return str(value)
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

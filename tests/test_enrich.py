@@ -169,3 +169,24 @@ def test_encoding_does_not_change_the_record():
     encode_enrichment(record, max_bytes=30000)
 
     assert record["ioc"]["hit"]["ip"]["event_info"] == "z" * 50000
+
+
+def test_odd_shaped_alert_fields_become_text_and_fit_the_line():
+    alert = {
+        "id": {"a": [1] * 20000},
+        "timestamp": ["2026-12-03"],
+        "rule": {"id": 2**70, "level": 12, "description": {"x.y": "z"}},
+        "agent": {"id": {f"k{n}": 1 for n in range(5000)}, "name": ["a", "b"]},
+        "location": {"srcip": ["1", "2"]},
+    }
+
+    line = encode_enrichment(build_enrichment(alert, make_hit("ip")), 30000)
+
+    record = orjson.loads(line)
+    assert len(line) <= 30000
+    assert record["alert"]["rule"]["id"] == str(2**70)
+    assert record["alert"]["location"] == '{"srcip":["1","2"]}'
+    assert record["alert"]["id"].endswith(TRUNCATION_MARK)
+    for path, key, value in _leaves(record):
+        assert "." not in key, path
+        assert isinstance(value, (str, int, float, bool)), path
