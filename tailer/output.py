@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -108,25 +108,64 @@ class EnrichmentWriter:
         self, alert: Mapping[str, Any], hit: Any, *, replay: bool = False
     ) -> str:
         """Writes the enrichment for one hit: `written`, `duplicate` or `suppressed`."""
+        status, line, key, repeats = self._render(alert, hit, replay, pending=())
+        if line is not None:
+            self.write_line(line)
+            self.dedup.remember([key])
+            self._count_written(1, repeats)
+        return status
+
+    def write_hits(
+        self, matches: Iterable[tuple[Mapping[str, Any], Any]], *, replay: bool = False
+    ) -> None:
+        """`write_hit` for many hits, the written lines going out in one write.
+
+        The keys are remembered only once the write succeeded, so a failed write
+        is written again when its alerts are read again.
+        """
+        lines: list[bytes] = []
+        keys: dict[str, None] = {}
+        repeats = 0
+        for alert, hit in matches:
+            _status, line, key, line_repeats = self._render(alert, hit, replay, keys)
+            if line is not None:
+                lines.append(line)
+                keys[key] = None
+                repeats += line_repeats
+        if not lines:
+            return
+        self.write_line(b"".join(lines))
+        self.dedup.remember(keys)
+        self._count_written(len(lines), repeats)
+
+    def _render(
+        self,
+        alert: Mapping[str, Any],
+        hit: Any,
+        replay: bool,
+        pending: Container[str],
+    ) -> tuple[str, bytes | None, str, int]:
+        """(status, line to write or None, dedup key, repeats reported) of a hit."""
         key = dedup_key(alert.get("id"), hit.kind, hit.indicator)
-        if self.dedup.seen(key):
+        if key in pending or self.dedup.seen(key):
             self.counts["duplicate"] += 1
-            return "duplicate"
+            return "duplicate", None, key, 0
 
         repeats = self._flood_check(_flood_key(alert, hit.indicator), alert)
         if repeats is None:
             self.counts["suppressed"] += 1
-            return "suppressed"
+            return "suppressed", None, key, 0
 
         record = build_enrichment(alert, hit, replay=replay, repeats=repeats)
-        self.write_line(encode_enrichment(record, self.max_line_bytes))
-        self.dedup.remember([key])
-        self.counts["written"] += 1
+        line = encode_enrichment(record, self.max_line_bytes)
+        return "written", line, key, repeats
+
+    def _count_written(self, lines: int, repeats: int) -> None:
+        self.counts["written"] += lines
         self.counts["reported_repeats"] += repeats
-        return "written"
 
     def write_line(self, line: bytes) -> None:
-        """Appends one complete line with a single write."""
+        """Appends complete lines with a single write."""
         fd = self._open_current()
         written = os.write(fd, line)
         if written != len(line):

@@ -265,8 +265,7 @@ class Service:
         ctx, writer = self.pipeline, self.writer
         path = batch.position.path if batch.position else "-"
         matches = match_lines(batch.lines, ctx, path=path, numbers=batch.line_ends)
-        for alert, hit in matches:
-            writer.write_hit(alert, hit)
+        writer.write_hits(matches)
         self.unsynced_output |= bool(matches)
         writer.flush()
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import orjson
+import pytest
 
 from tailer.match import Hit, Observable
 from tailer.output import EnrichmentWriter, MemoryDedup
@@ -207,3 +208,42 @@ def test_position_reports_inode_and_end_offset(tmp_path):
 
     assert inode == path.stat().st_ino
     assert offset == path.stat().st_size
+
+
+def test_write_hits_writes_what_write_hit_would_in_one_call(tmp_path):
+    """Same lines and counts as hit-by-hit, including in-batch duplicates."""
+    alerts = [make_alert("1.1", at(0)), make_alert("1.2", at(10))]
+    hits = [make_hit("192.0.2.1"), make_hit("192.0.2.2")]
+    batch = [(alerts[0], hits[0]), (alerts[0], hits[0]), (alerts[1], hits[0])]
+    batch.append((alerts[1], hits[1]))
+    one_by_one = EnrichmentWriter(tmp_path / "one.json", flood_window_s=60)
+    batched = EnrichmentWriter(tmp_path / "batch.json", flood_window_s=60)
+    calls: list[bytes] = []
+    real_write_line = batched.write_line
+    batched.write_line = lambda line: calls.append(line) or real_write_line(line)
+
+    for alert, hit in batch:
+        one_by_one.write_hit(alert, hit)
+    batched.write_hits(batch)
+
+    one_bytes = (tmp_path / "one.json").read_bytes()
+    assert (tmp_path / "batch.json").read_bytes() == one_bytes
+    assert len(calls) == 1 and calls[0].count(b"\n") == 2
+    assert batched.stats() == one_by_one.stats()
+    assert batched.stats()["duplicate"] == 1 and batched.stats()["suppressed"] == 1
+
+
+def test_write_hits_that_failed_are_written_when_read_again(tmp_path):
+    """A failed write remembers no key, so the re-read alert is written."""
+    path = tmp_path / "missing" / "out.json"
+    writer = EnrichmentWriter(path, flood_window_s=0)
+    batch = [(make_alert("1.1", at(0)), make_hit())]
+
+    with pytest.raises(FileNotFoundError):
+        writer.write_hits(batch)
+    path.parent.mkdir()
+    writer.write_hits(batch)
+
+    assert [r["alert"]["id"] for r in read_records(path)] == ["1.1"]
+    assert writer.stats()["written"] == 1
+    assert "duplicate" not in writer.stats()
