@@ -38,16 +38,19 @@ import time
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sync.store import STORE_KINDS, StoreError, StoreReader
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Observable:
-    """A normalised value taken from one alert field."""
+class Observable(NamedTuple):
+    """A normalised value taken from one alert field.
+
+    A named tuple rather than a frozen dataclass: one is built per field value
+    of every alert, and a tuple is built about three times faster.
+    """
 
     kind: str
     value: str
