@@ -30,6 +30,7 @@ import os
 import queue
 import re
 import signal
+import sqlite3
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -44,7 +45,15 @@ import orjson
 
 from sync.config import Config
 from sync.health import SyncReport, publish_report
-from sync.logs import kv
+from sync.logs import (
+    MASK,
+    RateLimited,
+    kv,
+    mask_secrets,
+    redact_url,
+    register_url_secrets,
+    url_secrets,
+)
 from sync.normalize import SUPPORTED_MISP_TYPES, InvalidValue, indicators_from_misp
 from sync.store import STORE_KINDS, StoreWriter, store_paths
 from sync.warninglists import WarninglistSet, load_warninglists
@@ -58,6 +67,23 @@ THREAT_LEVELS = {"1": "high", "2": "medium", "3": "low", "4": "undefined"}
 TAG_TEXT_CACHE_COUNT = 4096
 EVENT_CACHE_COUNT = 4096
 EVENT_BATCH_COUNT = 500
+# MISP stamps attributes with its own clock; beyond this lead a timestamp is
+# an error and must not become the cursor (it would freeze incremental pulls).
+FUTURE_ALLOWANCE_S = 86400
+TIMESTAMP_MAX_CHARS = 12
+ERROR_MAX_CHARS = 300
+SQLITE_INT_MAX = 2**63 - 1
+# Errors one attribute's content can raise on its way to a store row. Store
+# failures (disk full, corruption) are StoreError or OSError and fail the run.
+MALFORMED_ERRORS = (
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    OverflowError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+)
 
 
 class SyncError(RuntimeError):
@@ -70,6 +96,15 @@ class SyncLocked(SyncError):
 
 class SyncInterrupted(SyncError):
     """SIGTERM arrived during a run; the run is abandoned as failed."""
+
+
+class MalformedAttribute(ValueError):
+    """One attribute field of the wrong type or range; the row is skipped."""
+
+    def __init__(self, field_name: str, got: object, expected: str) -> None:
+        shown = _shown(got)
+        super().__init__(f"{field_name}: {expected} (got {shown})")
+        self.field_name = field_name
 
 
 # ---------------------------------------------------------------- local filter
@@ -132,7 +167,7 @@ def _freshest_s(row: dict) -> int:
     stamp = _int(row.get("timestamp"))
     last_seen = row.get("last_seen")
     if isinstance(last_seen, str) and last_seen:
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, OverflowError, OSError):
             stamp = max(stamp, int(datetime.fromisoformat(last_seen).timestamp()))
     return stamp
 
@@ -142,6 +177,69 @@ def _int(value: object) -> int:
         return int(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return 0
+
+
+def _shown(value: object) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an int past the digit limit of int-to-text
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def attribute_timestamp(row: dict) -> int:
+    """The attribute's MISP timestamp (0 when absent); raise MalformedAttribute.
+
+    MISP sends it as decimal text; an int is accepted too. A float, a
+    negative number or anything past 12 ASCII digits is not a timestamp.
+    """
+    value = row.get("timestamp")
+    if value is None or value == "":
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 0 <= value < 10**TIMESTAMP_MAX_CHARS:
+            return value
+    elif isinstance(value, str):
+        digits = value.strip()
+        if len(digits) <= TIMESTAMP_MAX_CHARS and digits.isascii() and digits.isdigit():
+            return int(digits)
+    raise MalformedAttribute("timestamp", value, "epoch seconds as decimal digits")
+
+
+_TEXT_FIELDS = ("type", "category", "comment", "first_seen", "last_seen")
+_KEY_FIELDS = ("id", "event_id", "event_uuid")
+_EVENT_KEY_FIELDS = ("id", "uuid", "info")
+
+
+def check_attribute_shape(row: dict) -> None:
+    """Raise MalformedAttribute naming the first field of the wrong type."""
+    for name in _TEXT_FIELDS:
+        if not isinstance(row.get(name), str | None):
+            raise MalformedAttribute(name, row.get(name), "text")
+    for name in _KEY_FIELDS:
+        if not _is_key(row.get(name)):
+            raise MalformedAttribute(name, row.get(name), "an id or uuid")
+    if not isinstance(row.get("Tag"), list | None):
+        raise MalformedAttribute("Tag", row.get("Tag"), "a list of tags")
+
+    event = row.get("Event")
+    if event is None:
+        return
+    if not isinstance(event, dict):
+        raise MalformedAttribute("Event", event, "an event object")
+    for name in _EVENT_KEY_FIELDS:
+        if not _is_key(event.get(name)):
+            raise MalformedAttribute(f"Event.{name}", event.get(name), "text")
+    if not isinstance(event.get("Tag"), list | None):
+        raise MalformedAttribute("Event.Tag", event.get("Tag"), "a list of tags")
+
+
+def _is_key(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -SQLITE_INT_MAX <= value <= SQLITE_INT_MAX
+    return value is None or isinstance(value, str)
 
 
 def row_tags(row: dict) -> list[str]:
@@ -171,6 +269,7 @@ class RunCounts:
     stored: Counter = field(default_factory=Counter)
     removed: Counter = field(default_factory=Counter)
     skipped: Counter = field(default_factory=Counter)
+    future_timestamps: int = 0
 
 
 class RowApplier:
@@ -184,6 +283,7 @@ class RowApplier:
         row_filter: RowFilter,
         warninglists: WarninglistSet,
         prune: bool,
+        now: float | None = None,
     ) -> None:
         self.writer = writer
         self.source = source
@@ -194,6 +294,9 @@ class RowApplier:
         self.counts = RunCounts()
         self._doomed: dict[str, list[str]] = {kind: [] for kind in STORE_KINDS}
         self._tag_texts: dict[tuple, str] = {}
+        now = time.time() if now is None else now
+        self.latest_timestamp = int(now) + FUTURE_ALLOWANCE_S
+        self._warn = RateLimited(log)
 
     def apply_page(self, rows: Iterable[dict]) -> None:
         """Apply one page, then its deletes; count the page."""
@@ -203,15 +306,38 @@ class RowApplier:
         self.flush_deletes()
 
     def apply(self, row: dict) -> None:
+        """Apply one row; a malformed row is skipped, counted and warned about."""
+        self.counts.pulled += 1
+        try:
+            self._apply(row)
+        except MalformedAttribute as err:
+            self._skip_malformed(row, err.field_name, err)
+        except MALFORMED_ERRORS as err:
+            self._skip_malformed(row, "unknown", err)
+
+    def _skip_malformed(self, row: object, field_name: str, err: Exception) -> None:
+        uuid = row.get("uuid") if isinstance(row, dict) else None
+        uuid = uuid if isinstance(uuid, str) and uuid else None
+        self.counts.skipped["malformed"] += 1
+        self._warn.warning(
+            "attribute_malformed",
+            uuid=uuid,
+            field=field_name,
+            error=_clean_error(err, limit=200),
+        )
+        if uuid is not None:
+            self._doom(uuid, STORE_KINDS)
+
+    def _apply(self, row: dict) -> None:
         counts = self.counts
-        counts.pulled += 1
-        timestamp = _int(row.get("timestamp"))
-        if timestamp > counts.max_timestamp:
-            counts.max_timestamp = timestamp
+        if not isinstance(row, dict):
+            raise MalformedAttribute("attribute", row, "an object")
         uuid, misp_type = row.get("uuid"), row.get("type")
         if not isinstance(uuid, str) or not uuid:
             counts.skipped["no_uuid"] += 1
             return
+        check_attribute_shape(row)
+        timestamp = self._advance(uuid, attribute_timestamp(row))
         if misp_type not in SUPPORTED_MISP_TYPES:
             counts.skipped["unsupported_type"] += 1
             return
@@ -223,6 +349,18 @@ class RowApplier:
         if reason is not None:
             counts.skipped[reason] += 1
             self._doom(uuid, STORE_KINDS)
+
+    def _advance(self, uuid: str, timestamp: int) -> int:
+        """Move the run's newest timestamp, unless `timestamp` is in the future."""
+        counts = self.counts
+        if timestamp > self.latest_timestamp:
+            counts.future_timestamps += 1
+            self._warn.warning(
+                "attribute_timestamp_in_future", uuid=uuid, timestamp=timestamp
+            )
+        elif timestamp > counts.max_timestamp:
+            counts.max_timestamp = timestamp
+        return timestamp
 
     def _store(
         self, row: dict, uuid: str, misp_type: str, tags: list, timestamp: int
@@ -417,6 +555,7 @@ def _run_locked(state: RunState, pull: Pull, clock_start: float) -> SyncReport:
             row_filter=row_filter_from_config(cfg, now=state.started_at),
             warninglists=state.warninglists,
             prune=sum(before.values()) > 0,
+            now=state.started_at,
         )
         outcome = pull(writer, state)
         state.applier.flush_deletes()
@@ -499,8 +638,23 @@ def _reconcile(writer: StoreWriter, state: RunState, before: dict) -> bool:
     return True
 
 
+def _clean_error(
+    err: BaseException, *, secrets: Iterable[str] = (), limit: int = ERROR_MAX_CHARS
+) -> str:
+    """``Type: message`` with every secret masked first, then shortened.
+
+    The log filter masks registered secrets too, but only whole ones: a key
+    cut by the shortening would slip through it.
+    """
+    text = f"{type(err).__name__}: {err}"
+    for secret in secrets:
+        text = text.replace(secret, MASK)
+    text = mask_secrets(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _failed_report(state: RunState, err: Exception, clock_start: float) -> SyncReport:
-    error = f"{type(err).__name__}: {err}"
+    error = _clean_error(err, secrets=_cfg_secrets(state.cfg))
     log.error(kv("sync_failed", source=state.source, mode=state.mode, error=error))
     counts = state.applier.counts if state.applier else RunCounts()
     previous = _committed_meta(state.cfg)
@@ -517,6 +671,12 @@ def _failed_report(state: RunState, err: Exception, clock_start: float) -> SyncR
         last_success=previous.get("last_success") or 0,
         error=error,
     )
+
+
+def _cfg_secrets(cfg: Config) -> list[str]:
+    """The API key and the credentials of misp.url, for masking error text."""
+    key = cfg.misp.api_key.reveal() if cfg.misp.api_key else None
+    return [text for text in (key, *url_secrets(cfg.misp.url)) if text]
 
 
 def _committed_meta(cfg: Config) -> dict[str, Any]:
@@ -554,9 +714,15 @@ def _retrohunt(cfg: Config, *, since: int) -> None:
 
 
 def server_source(url: str) -> str:
-    """The source name of a MISP server: its host (and port when given)."""
-    parts = urlsplit(url)
-    return parts.netloc.rsplit("@", 1)[-1] or url
+    """The source name of a MISP server: its host (and port when given).
+
+    Never the user, password or query of the URL: the name is printed.
+    """
+    try:
+        host = urlsplit(url).netloc.rpartition("@")[2]
+    except ValueError:
+        host = ""
+    return host or redact_url(url)
 
 
 def choose_mode(
@@ -712,7 +878,7 @@ def run_server_sync(
     """One run against the MISP server of `cfg.misp`."""
 
     def pull(writer: StoreWriter, state: RunState) -> PullOutcome:
-        cursor = writer.get_meta("cursor")
+        cursor = sane_cursor(writer.get_meta("cursor"), now=state.started_at)
         state.mode = choose_mode(
             full=full,
             cursor=cursor,
@@ -731,14 +897,40 @@ def run_server_sync(
             if client is None:
                 misp.close()
         complete = misp.incomplete is None and not _held_back(contexts, state)
-        seen = state.applier.counts.max_timestamp
-        new_cursor = max(int(cursor or 0), seen) if complete else None
+        new_cursor = next_cursor(state, cursor) if complete else None
         return PullOutcome(complete, reconcile=state.mode == "full", cursor=new_cursor)
 
+    register_url_secrets(cfg.misp.url)
     source = server_source(cfg.misp.url)
     return execute_run(
         cfg, source=source, pull=pull, force=force, warninglists=warninglists
     )
+
+
+def sane_cursor(cursor: object, *, now: float) -> int | None:
+    """The stored cursor, or None (a full pull) when it cannot be right.
+
+    A cursor beyond now + FUTURE_ALLOWANCE_S (left by an attribute with a
+    future timestamp) would ask MISP only for attributes newer than it:
+    incremental pulls would find nothing, forever.
+    """
+    if cursor is None:
+        return None
+    if isinstance(cursor, int) and not isinstance(cursor, bool):
+        if 0 <= cursor <= now + FUTURE_ALLOWANCE_S:
+            return cursor
+    log.warning(
+        kv("sync_cursor_repaired", cursor=_shown(cursor), now=int(now), mode="full")
+    )
+    return None
+
+
+def next_cursor(state: RunState, cursor: int | None) -> int:
+    """The cursor to commit: a full pull sets it from what it saw."""
+    seen = state.applier.counts.max_timestamp
+    if state.mode == "full":
+        return seen
+    return max(cursor or 0, seen)
 
 
 def _held_back(contexts: EventContexts, state: RunState) -> bool:

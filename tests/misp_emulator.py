@@ -45,6 +45,7 @@ RESTSEARCH_PATHS = ("/attributes/restSearch", "/attributes/restSearch.json")
 EVENTS_PATHS = ("/events/restSearch", "/events/restSearch.json")
 KEY_PATTERN = re.compile(r"^[a-zA-Z0-9]{40}$")
 
+MSG_INTERNAL = "An Internal Error Has Occurred."
 MSG_AUTH = (
     "Authentication failed. Please make sure you pass the API key of an API "
     "enabled user along in the Authorization header."
@@ -405,6 +406,8 @@ def _attribute_record(
         "value": source["value"],
         "Object": obj,
         "Tag": [store.tag(t) for t in source.get("Tag", [])],
+        # Fields sent as given, over the rendered ones: a MISP gone wrong.
+        "raw": dict(source.get("raw") or {}),
     }
 
 
@@ -572,6 +575,7 @@ class _Query:
             tags += [_inherited_tag(t) for t in event["Tag"]]
         if tags:
             record["Tag"] = tags
+        record.update(attr.get("raw") or {})
         return orjson.dumps(record)
 
     def _event_block(self, event: dict[str, Any]) -> dict[str, Any]:
@@ -985,7 +989,7 @@ def _fault_error(fault: Fault) -> HttpError:
     if fault.name == "status429":
         retry_after = fault.options.get("retry_after", 1)
         return HttpError(429, "Too Many Requests", retry_after=retry_after)
-    return HttpError(500, "An Internal Error Has Occurred.")
+    return HttpError(500, fault.options.get("message", MSG_INTERNAL))
 
 
 def _send(handler: BaseHTTPRequestHandler, response: _Response, fault: Fault | None):
@@ -1262,7 +1266,7 @@ class MispEmulator:
         """Queue ``count`` faults; each request consumes the next one.
 
         ``status429`` takes ``retry_after`` (seconds, or an HTTP date string),
-        ``stall`` takes ``seconds`` (default 2.0).
+        ``stall`` takes ``seconds`` (default 2.0), ``status500`` a ``message``.
         """
         if fault not in FAULTS:
             raise ValueError(

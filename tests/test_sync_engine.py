@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from sync.config import load_config
-from sync.engine import run_server_sync
+from sync.engine import run_server_sync, server_source
 from sync.store import STORE_KINDS
 from tests.misp_emulator import DEFAULT_API_KEY, MispEmulator
 
@@ -557,3 +557,140 @@ def test_retro_hunt_that_cannot_load_is_logged_and_the_sync_stays_ok(
 
     assert report.result == "ok"
     assert "retrohunt_unavailable" in caplog.text
+
+
+FUTURE = "99999999999"
+
+
+def test_future_timestamp_is_stored_but_never_becomes_the_cursor(
+    tmp_path, misp, caplog
+):
+    """An attribute stamped in year 5138 must not freeze incremental pulls."""
+    event_id = misp.add_event(info="Clock", timestamp=NOW - 500)
+    misp.load_attributes(
+        [
+            attribute("198.51.100.20", timestamp=NOW - 300),
+            attribute("198.51.100.21", raw={"timestamp": FUTURE}),
+        ],
+        event=event_id,
+    )
+    cfg = make_cfg(tmp_path, misp.url)
+
+    first = run_server_sync(cfg)
+    second = run_server_sync(cfg)
+
+    assert first.result == "ok" and first.cursor == NOW - 300
+    assert stored_values(tmp_path / "store", "ip") == {
+        "198.51.100.20",
+        "198.51.100.21",
+    }
+    assert "attribute_timestamp_in_future uuid=" in caplog.text
+    assert f"timestamp={FUTURE}" in caplog.text
+    assert second.mode == "incremental"
+    assert misp.requests[-1].body["timestamp"] == NOW - 300 - 3600
+
+
+def set_cursor(store_dir: Path, cursor: object) -> None:
+    for name in DB_FILES.values():
+        with sqlite3.connect(store_dir / name) as conn:
+            conn.execute(
+                "UPDATE meta SET value = ? WHERE key = 'cursor'",
+                (json.dumps(cursor),),
+            )
+
+
+def test_a_cursor_left_in_the_future_is_repaired_by_a_full_pull(tmp_path, misp, caplog):
+    """A cursor an older version committed from a future timestamp is reset."""
+    load_sample(misp)
+    cfg = make_cfg(tmp_path, misp.url)
+    run_server_sync(cfg)
+    set_cursor(tmp_path / "store", int(FUTURE))
+
+    repaired = run_server_sync(cfg)
+    after = run_server_sync(cfg)
+
+    assert "sync_cursor_repaired cursor=99999999999" in caplog.text
+    assert (repaired.mode, repaired.result) == ("full", "ok")
+    assert repaired.cursor == NOW - 80
+    assert after.mode == "incremental"
+    assert misp.requests[-1].body["timestamp"] == NOW - 80 - 3600
+
+
+def test_full_run_resets_the_cursor_from_what_it_saw(tmp_path, misp):
+    """--full sets the cursor to the newest timestamp seen, even when lower."""
+    load_sample(misp)
+    cfg = make_cfg(tmp_path, misp.url)
+    run_server_sync(cfg)
+    set_cursor(tmp_path / "store", NOW + 3600)
+
+    report = run_server_sync(cfg, full=True)
+
+    assert report.mode == "full" and report.cursor == NOW - 80
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"type": ["ip-dst"]}, "type"),
+        ({"category": ["a"]}, "category"),
+        ({"first_seen": 5}, "first_seen"),
+        ({"last_seen": ["x"]}, "last_seen"),
+        ({"comment": {"a": 1}}, "comment"),
+        ({"Tag": "tlp:white"}, "Tag"),
+        ({"timestamp": 1e29}, "timestamp"),
+        ({"timestamp": "soon"}, "timestamp"),
+        ({"timestamp": -5}, "timestamp"),
+        ({"timestamp": "\u00b2"}, "timestamp"),
+        ({"event_uuid": ["e"]}, "event_uuid"),
+        ({"type": "ip-dst|port", "value": "1.2.3.11|\u00b2"}, None),
+        ({"value": "1.2.3.0/\u00b2"}, None),
+    ],
+)
+def test_one_malformed_attribute_is_skipped_and_the_run_stays_ok(
+    tmp_path, misp, caplog, raw, field
+):
+    """The bad row is counted and named by uuid and field; the rest is stored."""
+    event_id = misp.add_event(info="Mixed", timestamp=NOW - 500)
+    uuids = misp.load_attributes(
+        [
+            attribute("198.51.100.30", timestamp=NOW - 300),
+            attribute("198.51.100.31", timestamp=NOW - 200, raw=raw),
+        ],
+        event=event_id,
+    )
+
+    report = run_server_sync(make_cfg(tmp_path, misp.url))
+
+    assert report.result == "ok"
+    assert stored_values(tmp_path / "store", "ip") == {"198.51.100.30"}
+    assert sum(report.skipped.values()) == 1
+    if field is not None:
+        assert report.skipped == {"malformed": 1}
+        assert f"attribute_malformed uuid={uuids[1]} field={field}" in caplog.text
+    else:
+        assert set(report.skipped) <= {"bad_port", "bad_network"}
+
+
+def test_failed_run_error_is_masked_before_it_is_shortened(tmp_path, misp):
+    """A key echoed near the 300-character cut leaves no fragment in the report."""
+    misp.inject("status500", 1, message="x" * 262 + " " + DEFAULT_API_KEY + " y" * 40)
+    cfg = make_cfg(tmp_path, misp.url)
+
+    report = run_server_sync(cfg)
+
+    assert report.result == "failed"
+    assert DEFAULT_API_KEY[:6] not in report.error
+    assert len(report.error) <= 300
+
+
+@pytest.mark.parametrize(
+    ("url", "source"),
+    [
+        ("https://admin:Hunter2-secret@misp.example:8443/x", "misp.example:8443"),
+        ("https://misp.example/?key=Hunter2-secret", "misp.example"),
+        ("misp.example?key=Hunter2-secret", "misp.example?key=********"),
+    ],
+)
+def test_server_source_never_carries_url_credentials(url, source):
+    """The printed source name keeps the host, never a password or key."""
+    assert server_source(url) == source
