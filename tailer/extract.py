@@ -300,16 +300,18 @@ def extract_observables(
     Fields are read in the order of the alert's keys under `data`, then the
     catalog's order; the first field holding a value names its observable.
     """
-    run = _Run(alert, catalog.skip_private, drops if drops is not None else Counter())
     data = alert.get("data")
-    if isinstance(data, dict):
-        groups = catalog.data_groups
-        for key in _keys_in(data, groups):
-            _read_group(run, groups[key], data[key])
-    for root, group in catalog.other_groups:
-        if root in alert:
-            _read_group(run, group, alert[root])
+    groups = catalog.data_groups
+    keys = _keys_in(data, groups) if isinstance(data, dict) else ()
+    others = [(root, group) for root, group in catalog.other_groups if root in alert]
+    if not (keys or others or catalog.scan_free_text):
+        return []
 
+    run = _Run(alert, catalog.skip_private, drops if drops is not None else Counter())
+    for key in keys:
+        _read_group(run, groups[key], data[key])
+    for root, group in others:
+        _read_group(run, group, alert[root])
     if catalog.scan_free_text:
         _scan_free_text(run)
     return list(run.found.values())
@@ -459,7 +461,10 @@ def _make(
 ) -> None:
     """One normalised observable (a URL also gives its host); bad values counted."""
     try:
-        value = _normalize(kind, text, algorithm)
+        if kind == "hash":
+            value = normalize_hash(text, algorithm)
+        else:
+            value = _NORMALIZERS[kind](text)
     except InvalidValue as err:
         run.drops[getattr(err, "reason", "invalid_value")] += 1
         return
@@ -474,14 +479,11 @@ def _make(
         _url_host(run, value, path, raw)
 
 
-def _normalize(kind: str, text: str, algorithm: str | None) -> str:
-    if kind == "ip":
-        return normalize_ip(text)
-    if kind == "hash":
-        return normalize_hash(text, algorithm)
-    if kind == "domain":
-        return normalize_domain(text)
-    return normalize_url(text)
+_NORMALIZERS: dict[str, Callable[[str], str]] = {
+    "ip": normalize_ip,
+    "domain": normalize_domain,
+    "url": normalize_url,
+}
 
 
 def _url_host(run: _Run, url: str, path: str, raw: str) -> None:
