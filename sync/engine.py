@@ -319,6 +319,8 @@ class RowApplier:
         uuid = row.get("uuid") if isinstance(row, dict) else None
         uuid = uuid if isinstance(uuid, str) and uuid else None
         self.counts.skipped["malformed"] += 1
+        # Every row at DEBUG; the operator's WARNING line is rate-limited.
+        log.debug(kv("attribute_malformed", uuid=uuid, field=field_name))
         self._warn.warning(
             "attribute_malformed",
             uuid=uuid,

@@ -184,7 +184,7 @@ def _lenient_int(value: object) -> int:
     # Feeds written by MISP carry numbers as strings; PyMISP writes integers.
     try:
         return int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return 0
 
 

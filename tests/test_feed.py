@@ -324,3 +324,41 @@ def test_full_feed_run_fetches_every_event_again(tmp_path):
 
     assert (again.result, again.pages, again.indicators) == ("ok", 8, 345)
     assert sum(again.removed.values()) == 0
+
+
+GOOD_EVENT = "11111111-1111-4111-8111-111111111111"
+ODD_EVENT = "22222222-2222-4222-8222-222222222222"
+
+
+def feed_attribute(number: int, misp_type: object, value: str, **extra) -> dict:
+    uuid = f"aaaaaaaa-0000-4000-8000-{number:012d}"
+    return {"uuid": uuid, "type": misp_type, "value": value, "to_ids": True} | extra
+
+
+def test_malformed_feed_attributes_are_skipped_and_counted(tmp_path, caplog):
+    """Odd types in a feed cost their own rows only; the run stays ok."""
+    feed = tmp_path / "odd"
+    feed.mkdir()
+    good = [
+        feed_attribute(1, "ip-dst", "198.51.100.40", timestamp="1700000000"),
+        feed_attribute(2, ["ip-dst"], "198.51.100.41"),
+        feed_attribute(3, "ip-dst", "198.51.100.42", category=["a"]),
+        feed_attribute(4, "ip-dst|port", "198.51.100.43|\u00b2"),
+        feed_attribute(5, "ip-dst", "198.51.100.44", timestamp=1e29),
+    ]
+    odd = [feed_attribute(6, "ip-dst", "198.51.100.45")]
+    events = {
+        GOOD_EVENT: {"uuid": GOOD_EVENT, "info": "Good", "Attribute": good},
+        ODD_EVENT: {"uuid": ODD_EVENT, "info": [1], "Attribute": odd},
+    }
+    for uuid, event in events.items():
+        (feed / f"{uuid}.json").write_text(json.dumps({"Event": event}))
+    write_manifest(feed, {u: {"timestamp": 1700000000} for u in events})
+
+    report = run_feed_sync(make_cfg(tmp_path, ""), str(feed))
+
+    assert report.result == "ok"
+    assert stored_values(tmp_path / "store", "ip") == {"198.51.100.40"}
+    assert report.skipped == {"malformed": 4, "bad_port": 1}
+    first = "attribute_malformed uuid=aaaaaaaa-0000-4000-8000-000000000002 field=type"
+    assert first in caplog.text
