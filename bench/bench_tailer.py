@@ -189,9 +189,10 @@ def measure_latency(root: Path, paths, seconds: float, rate: int) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MISP_", "IOC_"))}
     tailer = subprocess.Popen(
         [sys.executable, "-m", "tailer.cli", "run", "--config", str(config)],
-        cwd=REPO, env=env | {"PYTHONPATH": str(REPO)}, stderr=subprocess.DEVNULL,
+        cwd=REPO, env=env | {"PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE,
     )  # fmt: skip
-    time.sleep(3)
+    started_s = wait_for_index(tailer)
+    print(f"latency: tailer loaded its index in {started_s:.1f} s")
     written, seen = run_latency_writer(alerts, work / "enrichment.json", seconds, rate)
     rss_mb = peak_rss_mb(tailer.pid)
     tailer.send_signal(signal.SIGTERM)
@@ -207,6 +208,21 @@ def measure_latency(root: Path, paths, seconds: float, rate: int) -> None:
         f"{len(written):,}): p50 {p50:.0f} ms, p99 {p99:.0f} ms, "
         f"max {latencies_ms[-1]:.0f} ms; tailer peak RSS {rss_mb:.0f} MB"
     )
+
+
+def wait_for_index(tailer: subprocess.Popen, timeout_s: float = 60) -> float:
+    """Seconds until the tailer logged `index_loaded`; its stderr is drained after.
+
+    Latency is measured from then on: alerts written while the index of a
+    million indicators is still loading would measure the start, not the run.
+    """
+    started = time.monotonic()
+    for line in tailer.stderr:
+        if b"index_loaded" in line or time.monotonic() - started > timeout_s:
+            break
+    threading.Thread(target=tailer.stderr.read, daemon=True).start()
+    time.sleep(0.5)  # the follower opens alerts.json right after the index
+    return time.monotonic() - started
 
 
 def peak_rss_mb(pid: int) -> float:
