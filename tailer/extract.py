@@ -526,14 +526,19 @@ def _read_host_port(run: _Run, spec: _Field, text: str) -> None:
     _make(run, "ip", host, spec.path, text, port=port_number)
 
 
+_FILE_HASHES = frozenset(("md5", "sha1", "sha256", "sha512"))
+
+
 def _read_sysmon_hashes(run: _Run, spec: _Field, text: str) -> None:
     """`SHA1=..,MD5=..,SHA256=..,IMPHASH=..`; IMPHASH is not a file hash."""
     for pair in text.split(","):
-        algorithm, _, digest = pair.strip().partition("=")
+        algorithm, _, digest = pair.partition("=")
         algorithm = algorithm.strip().lower()
+        if algorithm not in _FILE_HASHES:
+            continue
         # Lower-cased here, the digest normalises on the first try.
         digest = digest.strip().lower()
-        if algorithm in ("md5", "sha1", "sha256", "sha512") and digest:
+        if digest:
             _make(run, "hash", digest, spec.path, text, algorithm=algorithm)
 
 
