@@ -401,3 +401,53 @@ def test_contexts_come_back_most_precise_then_newest_then_by_uuid(paths):
 
     order = [r["attribute_uuid"] for r in found]
     assert order == ["u-b", "u-d", "u-c", "u-e", "u-a"]
+
+
+def _index_names(path):
+    conn = sqlite3.connect(path)
+    sql = "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+    names = {r[0] for r in conn.execute(sql)}
+    conn.close()
+    return names
+
+
+def test_first_write_into_an_empty_store_leaves_indexes_that_answer_lookups(paths):
+    """Rows written without the value index come back through the rebuilt one."""
+    rows = [_row(f"u{n}", f"198.51.100.{n}") for n in range(1, 200)]
+    rows.append(_row("net", "203.0.113.0/24", subtype="cidr"))
+    _write(paths, {"ip": rows, "hash": [_row("h1", "a" * 32, subtype="md5")]})
+
+    for path in paths.values():
+        assert _index_names(path) == {"indicator_value", "indicator_network"}
+    conn = sqlite3.connect(paths["ip"])
+    plan = conn.execute(
+        "EXPLAIN QUERY PLAN SELECT * FROM indicator WHERE value = '198.51.100.7'"
+    ).fetchall()
+    conn.close()
+    assert "indicator_value" in str(plan)
+    with StoreReader(paths) as reader:
+        assert [r["attribute_uuid"] for r in reader.contexts("ip", "198.51.100.7")] == [
+            "u7"
+        ]
+        assert reader.contexts("ip", "203.0.113.0/24")[0]["prefix_len"] == 24
+
+
+def test_rolled_back_first_write_keeps_the_indexes_of_the_empty_store(paths):
+    """Dropping the indexes for a bulk write is undone with the transaction."""
+    with StoreWriter(paths, run_id=1) as writer:
+        writer.upsert("ip", _row("u1", "198.51.100.1"))
+        writer.count("ip")
+        writer.rollback()
+
+    assert _index_names(paths["ip"]) == {"indicator_value", "indicator_network"}
+
+
+def test_duplicate_uuid_in_a_first_write_keeps_the_last_row(paths):
+    """Without the value index a repeated attribute still updates its one row."""
+    rows = [_row("u1", "198.51.100.1"), _row("u1", "198.51.100.2")]
+
+    _write(paths, {"ip": rows})
+
+    with StoreReader(paths) as reader:
+        assert reader.contexts("ip", "198.51.100.1") == []
+        assert reader.counts()["ip"] == {"misp": 1}
