@@ -213,18 +213,30 @@ _EVENT_KEY_FIELDS = ("id", "uuid", "info")
 
 def check_attribute_shape(row: dict) -> None:
     """Raise MalformedAttribute naming the first field of the wrong type."""
-    for name in _TEXT_FIELDS:
-        if not isinstance(row.get(name), str | None):
-            raise MalformedAttribute(name, row.get(name), "text")
-    for name in _KEY_FIELDS:
-        if not _is_key(row.get(name)):
-            raise MalformedAttribute(name, row.get(name), "an id or uuid")
-    if not isinstance(row.get("Tag"), list | None):
-        raise MalformedAttribute("Tag", row.get("Tag"), "a list of tags")
-
+    check_row_shape(row)
     event = row.get("Event")
-    if event is None:
-        return
+    if event is not None:
+        check_event_shape(event)
+
+
+def check_row_shape(row: dict) -> None:
+    """Like `check_attribute_shape`, for the attribute's own fields only."""
+    get = row.get
+    for name in _TEXT_FIELDS:
+        value = get(name)
+        if value is not None and not isinstance(value, str):
+            raise MalformedAttribute(name, value, "text")
+    for name in _KEY_FIELDS:
+        value = get(name)
+        if not isinstance(value, str) and not _is_key(value):
+            raise MalformedAttribute(name, value, "an id or uuid")
+    tags = get("Tag")
+    if tags is not None and not isinstance(tags, list):
+        raise MalformedAttribute("Tag", tags, "a list of tags")
+
+
+def check_event_shape(event: object) -> None:
+    """Like `check_attribute_shape`, for the event context under `Event`."""
     if not isinstance(event, dict):
         raise MalformedAttribute("Event", event, "an event object")
     for name in _EVENT_KEY_FIELDS:
@@ -294,6 +306,8 @@ class RowApplier:
         self.counts = RunCounts()
         self._doomed: dict[str, list[str]] = {kind: [] for kind in STORE_KINDS}
         self._tag_texts: dict[tuple, str] = {}
+        self._event_checked: dict | None = None
+        self._event_columns: tuple = (None, None, None, None)
         now = time.time() if now is None else now
         self.latest_timestamp = int(now) + FUTURE_ALLOWANCE_S
         self._warn = RateLimited(log)
@@ -338,7 +352,12 @@ class RowApplier:
         if not isinstance(uuid, str) or not uuid:
             counts.skipped["no_uuid"] += 1
             return
-        check_attribute_shape(row)
+        check_row_shape(row)
+        event = row.get("Event")
+        if event is not None and event is not self._event_checked:
+            # Rows of one event share its dict: check (and read) it once.
+            check_event_shape(event)
+            self._event_checked, self._event_columns = event, _event_columns(event)
         timestamp = self._advance(uuid, attribute_timestamp(row))
         if misp_type not in SUPPORTED_MISP_TYPES:
             counts.skipped["unsupported_type"] += 1
@@ -393,16 +412,18 @@ class RowApplier:
     def _context(self, row: dict, misp_type: str, tags: list, timestamp: int) -> tuple:
         """The columns after port: misp_type ... source (see VALUE_COLUMNS)."""
         get = row.get
-        event = get("Event") or {}
+        event_id, event_uuid, info, threat_level = (
+            self._event_columns if get("Event") else (None, None, None, None)
+        )
         return (
             misp_type,
             get("category"),
             1 if get("to_ids") in (True, 1, "1") else 0,
             get("id"),
-            get("event_id") or event.get("id"),
-            event.get("uuid") or get("event_uuid"),
-            event.get("info"),
-            THREAT_LEVELS.get(str(event.get("threat_level_id"))),
+            get("event_id") or event_id,
+            event_uuid or get("event_uuid"),
+            info,
+            threat_level,
             self._tags_json(tags),
             get("comment") or None,
             get("first_seen"),
@@ -438,6 +459,12 @@ class RowApplier:
         uuids = list(uuids)
         for kind in STORE_KINDS:
             self.writer.delete_uuids(kind, uuids)
+
+
+def _event_columns(event: dict) -> tuple:
+    """event id, uuid, info and threat level of an event context."""
+    threat_level = THREAT_LEVELS.get(str(event.get("threat_level_id")))
+    return event.get("id"), event.get("uuid"), event.get("info"), threat_level
 
 
 # ---------------------------------------------------------------- lock, signals

@@ -694,3 +694,28 @@ def test_failed_run_error_is_masked_before_it_is_shortened(tmp_path, misp):
 def test_server_source_never_carries_url_credentials(url, source):
     """The printed source name keeps the host, never a password or key."""
     assert server_source(url) == source
+
+
+def test_rows_of_alternating_events_each_carry_their_own_event_context(tmp_path, misp):
+    """Event columns read once per event never leak into another event's rows."""
+    first = misp.add_event(info="First", threat_level_id="1", timestamp=NOW - 500)
+    second = misp.add_event(info="Second", threat_level_id="3", timestamp=NOW - 500)
+    rows = [
+        attribute(f"198.51.100.{n}", timestamp=NOW - 400 + n, event_id=event)
+        for n, event in enumerate([first, second, first, second, first], start=40)
+    ]
+    misp.load_attributes(rows)
+
+    report = run_server_sync(make_cfg(tmp_path, misp.url))
+
+    assert report.result == "ok"
+    with sqlite3.connect(tmp_path / "store" / "ips.db") as conn:
+        stored = conn.execute(
+            "SELECT value, event_id, event_info, threat_level FROM indicator"
+            " ORDER BY value"
+        ).fetchall()
+    expected = {str(first): "First", str(second): "Second"}
+    assert len(stored) == 5
+    for value, event_id, info, threat_level in stored:
+        assert info == expected[event_id], value
+        assert threat_level == ("high" if info == "First" else "low"), value
