@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from sync.logs import RateLimited
+from sync.store import StoreError
 from tailer.extract import Catalog, build_catalog, extract_observables
 from tailer.match import Hit, IndicatorIndex, alert_names_file, file_name_required
 from tailer.select import AlertSelector
@@ -76,30 +77,38 @@ def match_lines(
     `numbers` name each line in warnings: line numbers, or the end offsets of
     the lines in the live file.
     """
-    counts = ctx.counts
-    counts.lines += len(lines)
-    reject, accept = ctx.selector.quick_reject, ctx.selector.accept
+    ctx.counts.lines += len(lines)
+    reject = ctx.selector.quick_reject
     matches: list[Match] = []
     for number, line in zip(numbers, lines, strict=False):
         if reject(line):
             continue
-        alert = parse_alert(line, ctx, (path, number))
-        if alert is None:
-            continue
-        counts.alerts += 1
-        if not accept(alert):
-            continue
-        if ctx.alert_filter is not None and not ctx.alert_filter(alert):
-            continue
-        counts.selected += 1
-        found = match_alert(alert, ctx)
+        found = match_unrejected(line, ctx, (path, number))
         if found:
             matches += found
     return matches
 
 
 def match_unrejected(line: bytes, ctx: Pipeline, where: tuple[str, int]) -> list[Match]:
-    """The pipeline after quick_reject: parse, accept, extract, match."""
+    """The pipeline after quick_reject, where one line's failure stays its own.
+
+    An unexpected error on one line (an alert shape nobody foresaw) skips and
+    counts that line like a malformed one, so it can neither stop the loop nor
+    be retried forever; an unavailable store is not the line's fault and
+    propagates to the caller, which retries.
+    """
+    try:
+        return match_parsed(line, ctx, where)
+    except StoreError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the per-line boundary
+        detail = f"{type(err).__name__}: {err}"[:200]
+        note_bad_line(ctx, where, "processing_error", detail=detail)
+        return []
+
+
+def match_parsed(line: bytes, ctx: Pipeline, where: tuple[str, int]) -> list[Match]:
+    """Parse, accept, extract and match one line that passed quick_reject."""
     alert = parse_alert(line, ctx, where)
     if alert is None:
         return []
