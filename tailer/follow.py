@@ -547,14 +547,29 @@ class Follower:
 
     def _advance(self) -> bool:
         """At EOF of the current file: move on if there is more; True if moved."""
-        # TODO: an archive piece rotated less than a second before a restart may
-        # still get analysisd's last flush after we finished it; those lines are
-        # lost. A grace period like the live one would close the gap.
         if self._reader is not None and self._reader is not self._live:
+            if self._may_still_grow(self._reader):
+                return False
             self._finish(self._reader)
             self._open_next_queued()
             return True
         return self._reconcile()
+
+    def _may_still_grow(self, reader: _LineReader) -> bool:
+        """Whether analysisd may still flush into this rotated plain piece.
+
+        A piece found in the archive at a restart may have been rotated just
+        before it; its writer's last flush can follow for a moment, as after a
+        live rotation. Until the piece has been quiet for the grace period, its
+        end is not taken as final.
+        """
+        if reader.compressed:
+            return False
+        try:
+            modified_s = os.fstat(reader.stream.fileno()).st_mtime
+        except OSError:
+            return False
+        return time.time() - modified_s < self.rotate_grace_s
 
     def _finish(self, reader: _LineReader) -> None:
         if reader.pending:

@@ -373,6 +373,37 @@ def test_restart_resumes_in_plain_piece_rotated_while_down(alerts_dir, use_watch
     writer.close()
 
 
+def test_restart_waits_for_the_late_flush_of_a_piece_rotated_just_before(
+    alerts_dir, use_watchdog
+):
+    """analysisd's last flush into a piece rotated just before a restart arrives."""
+    writer = _writer(alerts_dir)
+    _write(writer, range(0, 6))
+    checkpoint = _position_after(alerts_dir, 2)
+    old_piece = os.path.realpath(alerts_dir / "alerts.json")
+    old_piece = next(
+        path
+        for path in alerts_dir.rglob("ossec-alerts-*.json")
+        if path.stat().st_ino == os.stat(old_piece).st_ino
+    )
+    writer.rotate()
+    _write(writer, [100, 101])
+
+    with _follower(
+        alerts_dir, use_watchdog, start=checkpoint, rotate_grace_s=1.0
+    ) as follower:
+        first = _collect(follower, 4)
+        before_flush = _idle(follower, 0.1)
+        with open(old_piece, "ab") as late:
+            late.write(alert_line(6) + b"\n")
+        rest = _collect(follower, 3)
+
+    assert first == [2, 3, 4, 5]
+    assert before_flush == []
+    assert rest == [6, 100, 101]
+    writer.close()
+
+
 def test_restart_resumes_in_gzipped_piece_by_uncompressed_offset(
     alerts_dir, use_watchdog
 ):
