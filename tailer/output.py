@@ -182,6 +182,14 @@ class EnrichmentWriter:
         if fsync and self._fd is not None:
             os.fsync(self._fd)
 
+    def sync_handle(self) -> int | None:
+        """A duplicate of the output descriptor, for syncing it elsewhere.
+
+        The caller owns it (and closes it); it keeps naming this file even after
+        the writer reopens the path.
+        """
+        return os.dup(self._fd) if self._fd is not None else None
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

@@ -1,8 +1,10 @@
 """The run loop of `wazuh-ioc-tailer run`.
 
 One step: read a batch of complete alert lines, match each through the shared
-pipeline, write every hit, flush, then save the checkpoint. The checkpoint is
-saved only after the output holds every enrichment of the lines before it;
+pipeline, write every hit, flush, then hand the position to the checkpoint
+saver (`tailer/saver.py`), which syncs the output to disk before it saves the
+position, off the loop. The checkpoint is thus saved only after the output
+holds every enrichment of the lines before it;
 the output offset saved beside it lets a restart re-learn what was already
 written (`EnrichmentWriter.recover_tail`), so re-read lines emit nothing twice.
 
@@ -32,6 +34,7 @@ from tailer.match import IndicatorIndex
 from tailer.notify import Notifier
 from tailer.output import EnrichmentWriter
 from tailer.pipeline import Pipeline, build_pipeline, match_lines
+from tailer.saver import CheckpointSaver
 from tailer.stats import format_stats
 
 log = logging.getLogger(__name__)
@@ -82,6 +85,7 @@ class Service:
         self.notifier = Notifier.from_env()
         self.timers = Timers()
         self.checkpoint: CheckpointStore | None = None
+        self.saver: CheckpointSaver | None = None
         self.index: IndicatorIndex | None = None
         self.pipeline: Pipeline | None = None
         self.writer: EnrichmentWriter | None = None
@@ -124,6 +128,8 @@ class Service:
     def start(self) -> bool:
         """Open checkpoint, index, writer and follower; False when stopped first."""
         self.checkpoint = self.retry("checkpoint", self.open_checkpoint)
+        if self.checkpoint is not None:
+            self.saver = CheckpointSaver(self.checkpoint)
         self.index = self.retry("store", self.open_index)
         if self.stop.is_set():
             return False
@@ -141,6 +147,8 @@ class Service:
             self.follower.close()
         if self.checkpoint is not None and self.pipeline is not None:
             self.save_status()
+        if self.saver is not None:
+            self.saver.close()
         if self.writer is not None:
             self.writer.close()
         if self.checkpoint is not None:
@@ -270,22 +278,23 @@ class Service:
     def save_checkpoint(
         self, position: Position | None, *, force: bool = False
     ) -> None:
-        """Save the position and status once the output holds the lines before it.
+        """Hand over the position once the output holds the lines before it.
 
-        Every enrichment is already written (one write per line); it is synced
-        to disk here, just before the position that covers it is saved.
+        Every enrichment is already written (one write per line); the saver
+        syncs the output to disk before it saves the position that covers it.
         """
-        if position is None or self.checkpoint is None or position == self.saved:
+        if position is None or self.saver is None or position == self.saved:
             return
         if not force and time.monotonic() - self.saved_at < CHECKPOINT_INTERVAL_S:
             return
+        output_fd = None
         if self.unsynced_output:
-            self.writer.flush(fsync=True)
+            output_fd = self.writer.sync_handle()
             self.unsynced_output = False
         self.saved_output = self.output_end() or self.saved_output
-        self.checkpoint.save(position)
         self.saved, self.saved_at = position, time.monotonic()
-        self.save_status()
+        self.saver.submit(position, output_fd=output_fd, status=self.status())
+        self.timers.status = time.monotonic()
 
     def output_end(self) -> tuple[int, int] | None:
         """(inode, size) of the output; None when it cannot be opened now.
@@ -301,12 +310,17 @@ class Service:
             return None
 
     def save_status(self) -> None:
+        """Hand the status to the saver (counters, indicator counts, output end)."""
+        self.timers.status = time.monotonic()
+        if self.saver is not None:
+            self.saver.submit(None, status=self.status())
+
+    def status(self) -> dict[str, Any]:
         """Counters for `status`, and the output end at the saved position.
 
         A restart re-reads the output from that offset (recover_tail), so it
         must be the output end when the position was saved, never later.
         """
-        self.timers.status = time.monotonic()
         status: dict[str, Any] = {"saved_at": time.time(), "pid": os.getpid()}
         if self.saved_output is not None:
             inode, offset = self.saved_output
@@ -316,7 +330,7 @@ class Service:
         if self.index is not None:
             status["indicators"] = self.index.counts
             status["index_loaded_at"] = self.index.loaded_at
-        self.checkpoint.save_counters(status)
+        return status
 
     def restart_follower(self) -> None:
         """After an error: follow again from the last saved checkpoint."""
