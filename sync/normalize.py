@@ -419,6 +419,13 @@ def normalize_hash(text: str, algorithm: str | None = None) -> str:
     Without an algorithm the length must be one of md5 to sha512. The digests of
     empty content are rejected with reason ``empty_hash``.
     """
+    return _normalize_hash_cached(text, algorithm)
+
+
+@functools.lru_cache(maxsize=16384)
+def _normalize_hash_cached(text: str, algorithm: str | None) -> str:
+    # Alerts repeat the same digests (a file checked on many hosts); a failing
+    # value raises and is not cached.
     expected_len = _expected_hash_len(text, algorithm)
     value = text
     if not _LOWER_HEX.fullmatch(value):
