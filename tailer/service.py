@@ -126,16 +126,21 @@ class Service:
         signal.signal(signal.SIGHUP, on_hangup)
 
     def start(self) -> bool:
-        """Open checkpoint, index, writer and follower; False when stopped first."""
+        """Open checkpoint, follower, index and writer; False when stopped first.
+
+        The follower comes before the store: its first position is saved as
+        soon as alerts.json is open, so alerts written while the store is still
+        missing (before the first sync) are matched once it appears.
+        """
         self.checkpoint = self.retry("checkpoint", self.open_checkpoint)
         if self.checkpoint is not None:
             self.saver = CheckpointSaver(self.checkpoint)
+        self.follower = self.retry("alerts", self.open_follower)
         self.index = self.retry("store", self.open_index)
         if self.stop.is_set():
             return False
         self.pipeline = build_pipeline(self.cfg, self.index)
         self.writer = self.open_writer()
-        self.follower = self.retry("alerts", self.open_follower)
         return not self.stop.is_set()
 
     def shutdown(self) -> None:

@@ -374,6 +374,27 @@ def test_missing_store_is_retried_until_it_appears(tmp_path):
         tailer.kill()
 
 
+def test_alerts_written_while_the_store_is_missing_are_matched_later(tmp_path):
+    config = write_config(tmp_path, tailer={"start_at": "end"})
+    with AnalysisdWriter(tmp_path / "alerts", flush_interval_s=None) as writer:
+        writer.write(alert_line(3, HIT_IP))
+        writer.flush()
+        tailer = Tailer(config).start()
+        try:
+            assert tailer.wait_log("open_failed what=store")
+            writer.write(alert_line(4, HIT_IP))
+            writer.flush()
+
+            (tmp_path / "store").mkdir()
+            plant_indicators(store_paths_in(tmp_path / "store"), PLANTED)
+
+            assert wait_until(lambda: hit_ids(output_of(tmp_path)) != [], 15)
+            assert tailer.stop() == 0
+            assert hit_ids(output_of(tmp_path)) == ["1796342399.4"]
+        finally:
+            tailer.kill()
+
+
 def test_bad_lines_are_counted_and_their_neighbours_kept(world):
     root, config, start = world
     with AnalysisdWriter(root / "alerts", flush_interval_s=None) as writer:
