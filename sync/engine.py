@@ -54,7 +54,12 @@ from sync.logs import (
     register_url_secrets,
     url_secrets,
 )
-from sync.normalize import SUPPORTED_MISP_TYPES, InvalidValue, indicators_from_misp
+from sync.normalize import (
+    CONVERTERS,
+    SUPPORTED_MISP_TYPES,
+    InvalidValue,
+    indicators_from_misp,
+)
 from sync.store import STORE_KINDS, StoreWriter, store_paths
 from sync.warninglists import WarninglistSet, load_warninglists
 from sync.writer_process import ProcessWriter
@@ -73,6 +78,9 @@ FUTURE_ALLOWANCE_S = 86400
 TIMESTAMP_MAX_CHARS = 12
 ERROR_MAX_CHARS = 300
 SQLITE_INT_MAX = 2**63 - 1
+_TRUE = (True, 1, "1")
+_TEXT_TYPES = frozenset((str, type(None)))
+_NO_TAGS_JSON = "[]"
 # Errors one attribute's content can raise on its way to a store row. Store
 # failures (disk full, corruption) are StoreError or OSError and fail the run.
 MALFORMED_ERRORS = (
@@ -308,15 +316,32 @@ class RowApplier:
         self._tag_texts: dict[tuple, str] = {}
         self._event_checked: dict | None = None
         self._event_columns: tuple = (None, None, None, None)
+        self._event_tags: tuple[list[str], str] = ([], _NO_TAGS_JSON)
+        # The default filter (deleted, to_ids) is checked inline per row.
+        self._to_ids_only = row_filter.to_ids_only
+        self._plain_filter = not (
+            row_filter.published_only
+            or row_filter.include_tags
+            or row_filter.exclude_tags
+            or row_filter.not_before
+        )
         now = time.time() if now is None else now
         self.latest_timestamp = int(now) + FUTURE_ALLOWANCE_S
         self._warn = RateLimited(log)
 
     def apply_page(self, rows: Iterable[dict]) -> None:
         """Apply one page, then its deletes; count the page."""
-        self.counts.pages += 1
+        counts = self.counts
+        counts.pages += 1
+        apply, skip = self._apply, self._skip_malformed
         for row in rows:
-            self.apply(row)
+            counts.pulled += 1
+            try:
+                apply(row)
+            except MalformedAttribute as err:
+                skip(row, err.field_name, err)
+            except MALFORMED_ERRORS as err:
+                skip(row, "unknown", err)
         self.flush_deletes()
 
     def apply(self, row: dict) -> None:
@@ -345,31 +370,132 @@ class RowApplier:
             self._doom(uuid, STORE_KINDS)
 
     def _apply(self, row: dict) -> None:
-        counts = self.counts
+        # The hot path of a sync: one call per row, fields read once into
+        # locals. Anything unusual falls back to the checking helpers above,
+        # which raise the same errors in the same order.
         if not isinstance(row, dict):
             raise MalformedAttribute("attribute", row, "an object")
-        uuid, misp_type = row.get("uuid"), row.get("type")
+        get = row.get
+        uuid = get("uuid")
         if not isinstance(uuid, str) or not uuid:
-            counts.skipped["no_uuid"] += 1
+            self.counts.skipped["no_uuid"] += 1
             return
-        check_row_shape(row)
-        event = row.get("Event")
+        misp_type, category, comment = get("type"), get("category"), get("comment")
+        first_seen, last_seen = get("first_seen"), get("last_seen")
+        key, event_id, event_uuid = get("id"), get("event_id"), get("event_uuid")
+        row_tag_list = get("Tag")
+        text = _TEXT_TYPES
+        if not (
+            type(misp_type) in text
+            and type(category) in text
+            and type(comment) in text
+            and type(first_seen) in text
+            and type(last_seen) in text
+            and type(key) in text
+            and type(event_id) in text
+            and type(event_uuid) in text
+            and (row_tag_list is None or type(row_tag_list) is list)
+        ):
+            check_row_shape(row)  # the exact check, raising on the first bad field
+        event, stamp = get("Event"), get("timestamp")
         if event is not None and event is not self._event_checked:
-            # Rows of one event share its dict: check (and read) it once.
-            check_event_shape(event)
-            self._event_checked, self._event_columns = event, _event_columns(event)
-        timestamp = self._advance(uuid, attribute_timestamp(row))
+            self._check_event(event)
+        if (
+            type(stamp) is str
+            and len(stamp) <= TIMESTAMP_MAX_CHARS
+            and (stamp.isdigit() and stamp.isascii())
+        ):
+            timestamp = int(stamp)
+        else:
+            timestamp = attribute_timestamp(row)
+        counts = self.counts
+        if timestamp > counts.max_timestamp:
+            self._advance(uuid, timestamp)
         if misp_type not in SUPPORTED_MISP_TYPES:
             counts.skipped["unsupported_type"] += 1
             return
 
-        tags = row_tags(row)
-        reason = self.row_filter.rejection(row, tags)
+        if row_tag_list:
+            tags = row_tags(row)
+            tags_json = self._tags_json(tags)
+        elif event is not None:
+            tags, tags_json = self._event_tags
+        else:
+            tags, tags_json = [], _NO_TAGS_JSON
+        to_ids = get("to_ids")
+        if self._plain_filter:
+            if get("deleted") in _TRUE:
+                reason = "deleted"
+            elif self._to_ids_only and to_ids not in _TRUE:
+                reason = "not_to_ids"
+            else:
+                reason = None
+        else:
+            reason = self.row_filter.rejection(row, tags)
         if reason is None:
-            reason = self._store(row, uuid, misp_type, tags, timestamp)
+            value = get("value")
+            try:
+                if isinstance(value, str):
+                    indicators = CONVERTERS[misp_type](value)
+                else:
+                    indicators = indicators_from_misp(misp_type, value)
+            except InvalidValue as err:
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug(kv("attribute_invalid", uuid=uuid, error=str(err)))
+                reason = err.reason
+            else:
+                if self.warninglists.lists:
+                    listed = self.warninglists.match(misp_type, value)
+                    if listed is not None:
+                        reason = f"warninglist_{listed}"
         if reason is not None:
             counts.skipped[reason] += 1
             self._doom(uuid, STORE_KINDS)
+            return
+
+        if event:
+            ev_id, ev_uuid, info, threat_level = self._event_columns
+        else:
+            ev_id = ev_uuid = info = threat_level = None
+        # One tuple per indicator, in the store's VALUE_COLUMNS order.
+        upsert, stored = self.writer.upsert_values, counts.stored
+        for found in indicators:
+            kind = found.kind
+            upsert(
+                kind,
+                (
+                    uuid,
+                    found.value,
+                    value,
+                    found.subtype,
+                    found.port,
+                    misp_type,
+                    category,
+                    1 if to_ids in _TRUE else 0,
+                    key,
+                    event_id or ev_id,
+                    ev_uuid or event_uuid,
+                    info,
+                    threat_level,
+                    tags_json,
+                    comment or None,
+                    first_seen,
+                    last_seen,
+                    timestamp or None,
+                    self.source,
+                ),
+            )
+            stored[kind] += 1
+        if self.prune:
+            kinds = {i.kind for i in indicators}
+            self._doom(uuid, [k for k in STORE_KINDS if k not in kinds])
+
+    def _check_event(self, event: object) -> None:
+        # Rows of one event share its dict: check (and read) it once.
+        check_event_shape(event)
+        self._event_checked, self._event_columns = event, _event_columns(event)
+        names = row_tags({"Event": event})
+        self._event_tags = (names, self._tags_json(names))
 
     def _advance(self, uuid: str, timestamp: int) -> int:
         """Move the run's newest timestamp, unless `timestamp` is in the future."""
@@ -382,55 +508,6 @@ class RowApplier:
         elif timestamp > counts.max_timestamp:
             counts.max_timestamp = timestamp
         return timestamp
-
-    def _store(
-        self, row: dict, uuid: str, misp_type: str, tags: list, timestamp: int
-    ) -> str | None:
-        value = row.get("value")
-        try:
-            indicators = indicators_from_misp(misp_type, value)
-        except InvalidValue as err:
-            log.debug(kv("attribute_invalid", uuid=uuid, error=str(err)))
-            return err.reason
-        if self.warninglists.lists:
-            listed = self.warninglists.match(misp_type, value)
-            if listed is not None:
-                return f"warninglist_{listed}"
-
-        # One tuple per indicator, in the store's VALUE_COLUMNS order.
-        context = self._context(row, misp_type, tags, timestamp)
-        upsert, stored = self.writer.upsert_values, self.counts.stored
-        for found in indicators:
-            head = (uuid, found.value, value, found.subtype, found.port)
-            upsert(found.kind, head + context)
-            stored[found.kind] += 1
-        if self.prune:
-            kinds = {i.kind for i in indicators}
-            self._doom(uuid, [k for k in STORE_KINDS if k not in kinds])
-        return None
-
-    def _context(self, row: dict, misp_type: str, tags: list, timestamp: int) -> tuple:
-        """The columns after port: misp_type ... source (see VALUE_COLUMNS)."""
-        get = row.get
-        event_id, event_uuid, info, threat_level = (
-            self._event_columns if get("Event") else (None, None, None, None)
-        )
-        return (
-            misp_type,
-            get("category"),
-            1 if get("to_ids") in (True, 1, "1") else 0,
-            get("id"),
-            get("event_id") or event_id,
-            event_uuid or get("event_uuid"),
-            info,
-            threat_level,
-            self._tags_json(tags),
-            get("comment") or None,
-            get("first_seen"),
-            get("last_seen"),
-            timestamp or None,
-            self.source,
-        )
 
     def _tags_json(self, tags: list) -> str:
         # Most rows of a pull share a handful of tag lists: encode each once.

@@ -27,11 +27,13 @@ import functools
 import hashlib
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from urllib.parse import quote, urlsplit
 
 __all__ = [
+    "CONVERTERS",
     "HASH_LENGTHS",
     "IndicatorValue",
     "InvalidValue",
@@ -572,6 +574,10 @@ _CONVERTERS |= {name: _from_hash(name) for name in HASH_LENGTHS}
 _CONVERTERS |= {f"filename|{name}": _from_filename_hash(name) for name in HASH_LENGTHS}
 
 SUPPORTED_MISP_TYPES = frozenset(_CONVERTERS)
+# MISP type -> converter of a str value, for callers that checked both already.
+CONVERTERS: Mapping[str, Callable[[str], list[IndicatorValue]]] = MappingProxyType(
+    _CONVERTERS
+)
 
 
 def indicators_from_misp(misp_type: str, value: str) -> list[IndicatorValue]:
