@@ -290,12 +290,24 @@ _URL_SAFE_CHARS = "!#$%&'()*+,/:;=?@[]~"
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
+# A URL that is canonical already, but for a missing "/" path: no port, user,
+# query, fragment, escape, bracket or upper-case host, so the full rules below
+# would return it unchanged (plus "/").
+_CANONICAL_URL = re.compile(
+    rf"https?://{_LABEL}(?:\.{_LABEL})*(/[A-Za-z0-9\-._~/!$&'*+,;=:@]*)?"
+)
+
+
 def normalize_url(text: str) -> str:
     """Return the canonical URL; raise ``InvalidValue``.
 
     A URL needs a scheme and a host. ``http://c2.test:80/a%2Ephp#x`` becomes
     ``http://c2.test/a.php``.
     """
+    if len(text) <= _MAX_DOMAIN_CHARS:
+        canonical = _CANONICAL_URL.fullmatch(text)
+        if canonical is not None:
+            return text if canonical.group(1) else text + "/"
     return _normalize_url_cached(text)
 
 
@@ -541,8 +553,17 @@ def _from_url(value: str) -> list[IndicatorValue]:
 
 
 def _from_hash(algorithm: str) -> Callable[[str], list[IndicatorValue]]:
+    length = HASH_LENGTHS[algorithm]
+
     def convert(value: str) -> list[IndicatorValue]:
-        return [IndicatorValue("hash", normalize_hash(value, algorithm), algorithm)]
+        # A digest as MISP usually stores it needs none of the rules.
+        if not (
+            len(value) == length
+            and _LOWER_HEX.fullmatch(value)
+            and value not in _EMPTY_HASHES
+        ):
+            value = normalize_hash(value, algorithm)
+        return [IndicatorValue("hash", value, algorithm)]
 
     return convert
 
