@@ -16,6 +16,7 @@ commits nothing and leaves no process behind holding the store.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import pickle
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 # keep both processes busy.
 SEND_ROWS = 2000
 EXIT_WAIT_S = 30
+# About three messages of SEND_ROWS upserts; capped by the system's limit.
+PIPE_BYTES = 1 << 20
+PIPE_MAX_PATH = "/proc/sys/fs/pipe-max-size"
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 _ANSWERED = frozenset(
     "count count_not_seen delete_not_seen get_meta removed_counts commit".split()
@@ -176,13 +180,28 @@ def _start_child() -> subprocess.Popen:
     path = env.get("PYTHONPATH")
     env["PYTHONPATH"] = str(_PACKAGE_ROOT) + (os.pathsep + path if path else "")
     level = logging.getLogger().getEffectiveLevel()
-    return subprocess.Popen(
+    child = subprocess.Popen(
         [sys.executable, "-m", "sync.writer_process", str(level)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         close_fds=True,
         env=env,
     )
+    _widen_pipe(child.stdin.fileno())
+    return child
+
+
+def _widen_pipe(fd: int) -> None:
+    """Let the pipe hold a few messages, so neither process waits on the other.
+
+    With the default 64 KiB the run's process blocks in every send until the
+    child has read most of it. Linux only; elsewhere the pipe stays as it is.
+    """
+    try:
+        limit = int(Path(PIPE_MAX_PATH).read_text())
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, min(PIPE_BYTES, limit))
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 # ---------------------------------------------------------------- the child
