@@ -66,14 +66,7 @@ def sync_into_store(root: Path, config: Path) -> subprocess.CompletedProcess:
         misp.set_clock(ALERT_TIME)
         misp.load_attributes(PLANTED)
         env = clean_environ(MISP_URL=misp.url, MISP_API_KEY=DEFAULT_API_KEY)
-        return subprocess.run(
-            [sys.executable, "-m", "sync.cli", "--config", str(config)],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return run_sync(config, env)
 
 
 @pytest.fixture

@@ -185,14 +185,22 @@ def test_second_concurrent_run_exits_1_with_the_lock_message(tmp_path, misp):
     assert first.returncode == 0, first_err
 
 
-def test_sigkill_mid_page_leaves_store_content_identical(tmp_path, misp):
+def synced_with_pending_edits(tmp_path: Path, misp: MispEmulator):
+    """A synced store, then 40 edits in MISP that a next run would apply.
+
+    Returns the environment and a dump of the store before that run.
+    """
     env = cli_env(tmp_path, misp.url)
     assert run_cli(env).returncode == 0
     misp.set_clock(NOW + 60)
     for uuid in misp.sednit_uuids[:40]:
         misp.edit_attribute(uuid, to_ids=False)
-    before = dump_store(tmp_path / "store")
     misp.clear_requests()
+    return env, dump_store(tmp_path / "store")
+
+
+def test_sigkill_mid_page_leaves_store_content_identical(tmp_path, misp):
+    env, before = synced_with_pending_edits(tmp_path, misp)
     misp.inject("stall", 2, seconds=0)
     misp.inject("stall", 1, seconds=15)
     killed = start_cli(env, "--full")
@@ -215,13 +223,7 @@ def test_sigkill_mid_page_leaves_store_content_identical(tmp_path, misp):
 
 
 def test_sigterm_mid_pull_fails_the_run_and_changes_nothing(tmp_path, misp):
-    env = cli_env(tmp_path, misp.url)
-    assert run_cli(env).returncode == 0
-    misp.set_clock(NOW + 60)
-    for uuid in misp.sednit_uuids[:40]:
-        misp.edit_attribute(uuid, to_ids=False)
-    before = dump_store(tmp_path / "store")
-    misp.clear_requests()
+    env, before = synced_with_pending_edits(tmp_path, misp)
     misp.inject("stall", 1, seconds=0)
     misp.inject("stall", 1, seconds=15)
     stopped = start_cli(env, "--full")
